@@ -1,0 +1,13 @@
+//! kubesync: keep a Kubernetes cluster in step with manifests in Git.
+//!
+//! A sync is a pipeline of stages, each in its own module, shared by the CLI and the controller:
+//! source (git) → manifests (parse, validate) → plan (discovery, order) → apply → prune → report.
+pub mod cli;
+pub mod manifests;
+pub mod plan;
+pub mod telemetry;
+
+/// The field manager kubesync applies with unless `--field-manager` says otherwise.
+pub const FIELD_MANAGER: &str = "kubesync";
+/// The version reported by `--version` and in `applyset.kubernetes.io/tooling`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
