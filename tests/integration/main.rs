@@ -1,0 +1,4 @@
+//! Integration tests against the local control plane (`eval "$(tests/testbed/up)"` first).
+mod support;
+
+mod testbed;

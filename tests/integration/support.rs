@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests: a client for the local control plane and a namespace per test.
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Config};
+
+/// A client for the testbed. Panics (fails the test loudly) when `KUBECONFIG` is unset or points
+/// anywhere but the loopback address: tests never touch another cluster.
+pub async fn client() -> Client {
+    let config = testbed_config().await;
+    Client::try_from(config).expect("building a client for the testbed")
+}
+
+pub async fn testbed_config() -> Config {
+    let path = std::env::var("KUBECONFIG").unwrap_or_else(|_| {
+        panic!(
+            "KUBECONFIG is not set: start the local control plane with eval \"$(tests/testbed/up)\""
+        )
+    });
+    let config = Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("reading kubeconfig {path}: {e}"));
+    let host = config.cluster_url.host().unwrap_or_default();
+    assert!(
+        host == "127.0.0.1" || host == "localhost" || host == "[::1]",
+        "refusing to run tests against {}: only the local testbed on 127.0.0.1 is allowed",
+        config.cluster_url
+    );
+    config
+}
+
+/// A unique name with a prefix, valid as a DNS label.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// A namespace owned by one test, deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        let name = unique_name(prefix);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"kubesync.dev/test": "true"}}
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+        TestNamespace { name, client }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let client = self.client.clone();
+        // Drop cannot be async: delete from a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()),
+                    )
+                    .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Path of the repository root (for scripts and fixtures).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
