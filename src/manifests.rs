@@ -502,8 +502,7 @@ fn split_documents(text: &str) -> Vec<(&str, u64)> {
     let mut start = 0usize;
     let mut start_line = 0u64;
     let mut offset = 0usize;
-    let mut line_no = 0u64;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (0u64..).zip(text.split_inclusive('\n')) {
         let content = line.trim_end_matches(['\n', '\r']);
         let is_separator = content == "---"
             || (content.starts_with("---") && content[3..].starts_with([' ', '\t', '#']));
@@ -514,7 +513,6 @@ fn split_documents(text: &str) -> Vec<(&str, u64)> {
             start_line = line_no;
         }
         offset += line.len();
-        line_no += 1;
     }
     out.push((&text[start..], start_line));
     out
