@@ -1,0 +1,541 @@
+//! Apply stage: server-side apply of each planned object under kubesync's field manager.
+//!
+//! An object whose live state already matches Git is not written at all: it carries the hash of
+//! the desired object in an annotation, our Apply entry is in its managedFields, and every value we
+//! set is still what Git says. Anything else is applied; when the hash matched but the server
+//! changed the object, that is drift, corrected and reported.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::applyset::LiveObject;
+use crate::manifests::Origin;
+use crate::plan::{ObjectKey, PlannedObject};
+
+/// Annotation holding the hash of the desired object kubesync last applied.
+pub const HASH_ANNOTATION: &str = "kubesync.dev/applied-hash";
+/// `kubesync.dev/recreate: "true"`: delete and re-create when an immutable field changes.
+pub const RECREATE_ANNOTATION: &str = "kubesync.dev/recreate";
+/// Field managers whose ownership kubesync takes over (objects created or edited with kubectl).
+pub const ADOPTED_MANAGERS: &[&str] = &[
+    "kubectl-client-side-apply",
+    "kubectl",
+    "kubectl-edit",
+    "before-first-apply",
+];
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub field_manager: String,
+    /// Take ownership of fields other managers own (Git wins). Off: conflicts are errors.
+    pub force_conflicts: bool,
+    /// Server-side dry run: nothing is persisted.
+    pub dry_run: bool,
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+/// What happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "action", content = "reason")]
+pub enum ApplyAction {
+    Created,
+    Configured,
+    Unchanged,
+    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyOutcome {
+    pub key: ObjectKey,
+    pub resource: kube::discovery::ApiResource,
+    pub origin: Origin,
+    pub action: ApplyAction,
+    /// Git's state was re-asserted over a change made in the cluster.
+    pub drift_corrected: bool,
+    /// The object as the server holds it after this stage (dry-run result in dry-run mode).
+    pub live: Option<DynamicObject>,
+    /// The object before (for diff), when it existed and was listed.
+    pub before: Option<DynamicObject>,
+}
+
+/// Hash of the desired object (without the hash annotation itself), hex.
+pub fn desired_hash(desired: &Value) -> String {
+    let bytes = serde_json::to_vec(desired).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn with_hash(desired: &Value, hash: &str) -> Value {
+    let mut object = desired.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(HASH_ANNOTATION.into(), Value::String(hash.into()));
+        }
+    }
+    object
+}
+
+/// True when every value in `desired` is present and equal in `live` (lists element by element).
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
+            Some(lv) => is_subset(dv, lv),
+            None => {
+                dv.is_null()
+                    || dv.as_object().is_some_and(|o| o.is_empty())
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+            }
+        }),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
+        }
+        (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
+        (d, l) => d == l,
+    }
+}
+
+fn managers(
+    object: &DynamicObject,
+) -> impl Iterator<Item = &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry> {
+    object.metadata.managed_fields.iter().flatten()
+}
+
+fn has_our_apply_entry(object: &DynamicObject, field_manager: &str) -> bool {
+    managers(object).any(|m| {
+        m.manager.as_deref() == Some(field_manager) && m.operation.as_deref() == Some("Apply")
+    })
+}
+
+fn has_adoptable_managers(object: &DynamicObject) -> bool {
+    managers(object).any(|m| {
+        m.subresource.is_none()
+            && m.manager
+                .as_deref()
+                .is_some_and(|name| ADOPTED_MANAGERS.contains(&name))
+    })
+}
+
+/// Decides, without a request, whether the live object already is what Git says.
+pub fn is_unchanged(
+    live: &DynamicObject,
+    desired_with_hash: &Value,
+    hash: &str,
+    field_manager: &str,
+) -> bool {
+    if live.annotations().get(HASH_ANNOTATION).map(String::as_str) != Some(hash) {
+        return false;
+    }
+    if !has_our_apply_entry(live, field_manager) || has_adoptable_managers(live) {
+        return false;
+    }
+    let Ok(live_value) = serde_json::to_value(live) else {
+        return false;
+    };
+    is_subset(desired_with_hash, &live_value)
+}
+
+fn api_for(client: &Client, planned: &PlannedObject) -> Api<DynamicObject> {
+    match &planned.key.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &planned.resource),
+        None => Api::all_with(client.clone(), &planned.resource),
+    }
+}
+
+/// Applies the objects of one stage concurrently.
+pub async fn apply_stage(
+    client: &Client,
+    objects: &[PlannedObject],
+    live: &BTreeMap<ObjectKey, LiveObject>,
+    options: &ApplyOptions,
+) -> Vec<ApplyOutcome> {
+    use futures::StreamExt;
+    let mut outcomes: Vec<ApplyOutcome> = futures::stream::iter(objects.iter().map(|planned| {
+        let before = live.get(&planned.key).map(|l| l.object.clone());
+        async move {
+            let result = tokio::time::timeout(
+                options.timeout,
+                apply_one(client, planned, before.as_ref(), options),
+            )
+            .await;
+            match result {
+                Ok(outcome) => outcome,
+                Err(_) => ApplyOutcome {
+                    key: planned.key.clone(),
+                    resource: planned.resource.clone(),
+                    origin: planned.origin.clone(),
+                    action: ApplyAction::Failed(format!("timed out after {:?}", options.timeout)),
+                    drift_corrected: false,
+                    live: None,
+                    before,
+                },
+            }
+        }
+    }))
+    .buffer_unordered(options.concurrency.max(1))
+    .collect()
+    .await;
+    outcomes.sort_by(|a, b| a.key.cmp(&b.key));
+    outcomes
+}
+
+async fn apply_one(
+    client: &Client,
+    planned: &PlannedObject,
+    before: Option<&DynamicObject>,
+    options: &ApplyOptions,
+) -> ApplyOutcome {
+    let hash = desired_hash(&planned.desired);
+    let desired = with_hash(&planned.desired, &hash);
+    let outcome = |action, drift_corrected, live: Option<DynamicObject>| ApplyOutcome {
+        key: planned.key.clone(),
+        resource: planned.resource.clone(),
+        origin: planned.origin.clone(),
+        action,
+        drift_corrected,
+        live,
+        before: before.cloned(),
+    };
+    if let Some(live) = before
+        && is_unchanged(live, &desired, &hash, &options.field_manager)
+    {
+        return outcome(ApplyAction::Unchanged, false, Some(live.clone()));
+    }
+    let api = api_for(client, planned);
+    let mut params = PatchParams::apply(&options.field_manager);
+    params.force = options.force_conflicts;
+    params.dry_run = options.dry_run;
+    let mut result = api
+        .patch(&planned.key.name, &params, &Patch::Apply(&desired))
+        .await;
+    if let Err(kube::Error::Api(status)) = &result
+        && is_immutable_error(status)
+        && wants_recreate(&planned.desired, before)
+        && !options.dry_run
+    {
+        result = recreate(&api, planned, before, &params, &desired).await;
+    }
+    let applied = match result {
+        Ok(applied) => applied,
+        Err(e) => {
+            return outcome(
+                ApplyAction::Failed(describe_error(&e, planned)),
+                false,
+                None,
+            );
+        }
+    };
+    // Objects created or edited with kubectl: take over their fields, then apply again so fields
+    // that left Git are removed.
+    let applied = if has_adoptable_managers(&applied) && !options.dry_run {
+        match adopt(&api, planned, &applied, &options.field_manager).await {
+            Ok(()) => match api
+                .patch(&planned.key.name, &params, &Patch::Apply(&desired))
+                .await
+            {
+                Ok(obj) => obj,
+                Err(e) => {
+                    return outcome(
+                        ApplyAction::Failed(describe_error(&e, planned)),
+                        false,
+                        None,
+                    );
+                }
+            },
+            Err(e) => {
+                return outcome(
+                    ApplyAction::Failed(format!(
+                        "adopting kubectl's fields: {}",
+                        describe_error(&e, planned)
+                    )),
+                    false,
+                    None,
+                );
+            }
+        }
+    } else {
+        applied
+    };
+    let action = match before {
+        // A dry run never bumps resourceVersion: compare the content instead.
+        Some(b) if options.dry_run && comparable(b) == comparable(&applied) => {
+            ApplyAction::Unchanged
+        }
+        Some(b) if !options.dry_run && b.resource_version() == applied.resource_version() => {
+            ApplyAction::Unchanged
+        }
+        Some(_) => ApplyAction::Configured,
+        None if looks_created(&applied, &options.field_manager) => ApplyAction::Created,
+        None => ApplyAction::Configured,
+    };
+    let drift_corrected = match before {
+        Some(b) => {
+            b.annotations().get(HASH_ANNOTATION).map(String::as_str) == Some(hash.as_str())
+                && action == ApplyAction::Configured
+        }
+        None => false,
+    };
+    outcome(action, drift_corrected, Some(applied))
+}
+
+/// The object without the fields every write changes, for comparisons and diffs.
+pub fn comparable(object: &DynamicObject) -> Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in [
+            "managedFields",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "uid",
+            "selfLink",
+        ] {
+            metadata.remove(key);
+        }
+    }
+    value
+}
+
+/// New objects carry only our own managedFields entry (and, in dry run, no uid history).
+fn looks_created(applied: &DynamicObject, field_manager: &str) -> bool {
+    let entries: Vec<_> = managers(applied)
+        .filter(|m| m.subresource.is_none())
+        .collect();
+    applied.metadata.generation.unwrap_or(1) <= 1
+        && !entries.is_empty()
+        && entries
+            .iter()
+            .all(|m| m.manager.as_deref() == Some(field_manager))
+        && !applied.annotations().contains_key(LAST_APPLIED)
+}
+
+fn is_immutable_error(status: &kube::core::Status) -> bool {
+    status.code == 422 && status.message.contains("immutable")
+}
+
+fn wants_recreate(desired: &Value, before: Option<&DynamicObject>) -> bool {
+    let in_git = desired["metadata"]["annotations"][RECREATE_ANNOTATION].as_str() == Some("true");
+    let live = before
+        .and_then(|b| b.annotations().get(RECREATE_ANNOTATION).cloned())
+        .as_deref()
+        == Some("true");
+    in_git || live
+}
+
+async fn recreate(
+    api: &Api<DynamicObject>,
+    planned: &PlannedObject,
+    before: Option<&DynamicObject>,
+    params: &PatchParams,
+    desired: &Value,
+) -> Result<DynamicObject, kube::Error> {
+    let current = match before {
+        Some(b) => b.clone(),
+        None => api.get(&planned.key.name).await?,
+    };
+    let mut dp = DeleteParams::foreground();
+    dp.preconditions = Some(Preconditions {
+        uid: current.uid(),
+        resource_version: None,
+    });
+    api.delete(&planned.key.name, &dp).await?;
+    // Wait until the old object is gone (foreground deletion removes dependents first).
+    for _ in 0..240 {
+        match api.get_opt(&planned.key.name).await? {
+            Some(o) if o.uid() == current.uid() => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            _ => break,
+        }
+    }
+    api.patch(&planned.key.name, params, &Patch::Apply(desired))
+        .await
+}
+
+/// Moves the fields owned by kubectl's managers into kubesync's Apply entry (as Flux does).
+async fn adopt(
+    api: &Api<DynamicObject>,
+    planned: &PlannedObject,
+    applied: &DynamicObject,
+    field_manager: &str,
+) -> Result<(), kube::Error> {
+    let mut entries: Vec<Value> = Vec::new();
+    let mut merged: Option<Value> = None;
+    let mut ours_index = None;
+    for entry in managers(applied) {
+        let value = serde_json::to_value(entry).unwrap_or(Value::Null);
+        let manager = entry.manager.as_deref().unwrap_or_default();
+        let adoptable = entry.subresource.is_none() && ADOPTED_MANAGERS.contains(&manager);
+        if adoptable {
+            let fields = value.get("fieldsV1").cloned().unwrap_or(json!({}));
+            merged = Some(match merged.take() {
+                Some(m) => merge_fields(m, fields),
+                None => fields,
+            });
+            continue;
+        }
+        if manager == field_manager
+            && entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.is_none()
+        {
+            ours_index = Some(entries.len());
+        }
+        entries.push(value);
+    }
+    let Some(merged) = merged else { return Ok(()) };
+    match ours_index {
+        Some(i) => {
+            let fields = entries[i].get("fieldsV1").cloned().unwrap_or(json!({}));
+            entries[i]["fieldsV1"] = merge_fields(fields, merged);
+        }
+        None => entries.push(json!({
+            "manager": field_manager, "operation": "Apply", "apiVersion": planned.resource.api_version,
+            "fieldsType": "FieldsV1", "fieldsV1": merged,
+        })),
+    }
+    let patch = json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": applied.resource_version()},
+        {"op": "replace", "path": "/metadata/managedFields", "value": entries},
+    ]);
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    api.patch(
+        &planned.key.name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Union of two fieldsV1 trees.
+fn merge_fields(a: Value, b: Value) -> Value {
+    match (a, b) {
+        (Value::Object(mut a), Value::Object(b)) => {
+            for (k, bv) in b {
+                let merged = match a.remove(&k) {
+                    Some(av) => merge_fields(av, bv),
+                    None => bv,
+                };
+                a.insert(k, merged);
+            }
+            Value::Object(a)
+        }
+        (a, _) => a,
+    }
+}
+
+/// A short error naming the object; for conflicts, the other managers and fields.
+pub fn describe_error(e: &kube::Error, planned: &PlannedObject) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let message = status.message.trim();
+            match status.code {
+                409 if status.reason == "Conflict" => format!(
+                    "conflict with another field manager (use --force-conflicts to let Git win): {message}"
+                ),
+                403 => format!("forbidden: {message}"),
+                422 if message.contains("immutable") => format!(
+                    "{message} (annotate the object {RECREATE_ANNOTATION}: \"true\" to let kubesync delete and re-create it)"
+                ),
+                _ => crate::error::kube_message(e),
+            }
+        }
+        other => format!(
+            "request for {} failed: {}",
+            planned.key,
+            crate::error::kube_message(other)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_compares_values_and_list_lengths() {
+        let live = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}});
+        assert!(is_subset(&json!({"spec": {"replicas": 2}}), &live));
+        assert!(is_subset(
+            &json!({"spec": {"template": {"containers": [{"name": "a"}]}}}),
+            &live
+        ));
+        assert!(!is_subset(&json!({"spec": {"replicas": 3}}), &live));
+        assert!(!is_subset(
+            &json!({"spec": {"template": {"containers": [{"name": "a"}, {"name": "b"}]}}}),
+            &live
+        ));
+        assert!(!is_subset(&json!({"data": {"k": "v"}}), &live));
+        assert!(
+            is_subset(&json!({"data": {}}), &live),
+            "an empty map is the same as absent"
+        );
+        assert!(is_subset(&json!({"n": 1.0}), &json!({"n": 1})));
+    }
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        let a = json!({"kind": "ConfigMap", "data": {"a": "1", "b": "2"}});
+        let b = json!({"data": {"b": "2", "a": "1"}, "kind": "ConfigMap"});
+        assert_eq!(
+            desired_hash(&a),
+            desired_hash(&b),
+            "key order does not matter"
+        );
+        assert_ne!(
+            desired_hash(&a),
+            desired_hash(&json!({"kind": "ConfigMap", "data": {"a": "1"}}))
+        );
+        assert_eq!(desired_hash(&a).len(), 32);
+    }
+
+    #[test]
+    fn unchanged_needs_hash_entry_and_values() {
+        let desired = with_hash(
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}}),
+            "h1",
+        );
+        let live: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "annotations": {HASH_ANNOTATION: "h1"}, "managedFields": [
+                {"manager": "kubesync", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {}}
+            ]},
+            "data": {"k": "v"}
+        }))
+        .expect("object");
+        assert!(is_unchanged(&live, &desired, "h1", "kubesync"));
+        assert!(
+            !is_unchanged(&live, &desired, "h2", "kubesync"),
+            "a new hash means Git changed"
+        );
+        assert!(!is_unchanged(&live, &desired, "h1", "other-manager"));
+        let mut drifted = live.clone();
+        drifted.data["data"]["k"] = json!("edited");
+        assert!(
+            !is_unchanged(&drifted, &desired, "h1", "kubesync"),
+            "a changed value is drift"
+        );
+    }
+
+    #[test]
+    fn fields_merge_as_a_union() {
+        let merged = merge_fields(
+            json!({"f:data": {"f:a": {}}}),
+            json!({"f:data": {"f:b": {}}, "f:metadata": {}}),
+        );
+        assert_eq!(
+            merged,
+            json!({"f:data": {"f:a": {}, "f:b": {}}, "f:metadata": {}})
+        );
+    }
+}

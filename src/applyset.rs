@@ -1,0 +1,406 @@
+//! ApplySet tracking (KEP-3659): the parent object, its annotations, and the live inventory of
+//! objects labelled `applyset.kubernetes.io/part-of=<id>`.
+//!
+//! The parent records which group-kinds and namespaces the set spans. It is widened to the union of
+//! old and new *before* anything is applied, so an interrupted sync never leaves an object the next
+//! sync cannot find; it is narrowed only after a complete prune.
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use futures::StreamExt;
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::plan::{Discovery, GroupKind, ObjectKey, PART_OF_LABEL};
+
+pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
+pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
+pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-kinds";
+pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
+
+/// The object that owns an ApplySet: a Secret for the CLI (as kubectl does), a GitSync in-cluster.
+#[derive(Clone, Debug)]
+pub struct Parent {
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Parent {
+    /// The CLI's parent: a Secret named after `--name` in the default namespace.
+    pub fn secret(name: &str, namespace: &str) -> Parent {
+        Parent {
+            resource: ApiResource {
+                group: String::new(),
+                version: "v1".into(),
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+                plural: "secrets".into(),
+            },
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `applyset-` + base64url(sha256(`<name>.<namespace>.<Kind>.<group>`)) + `-v1`.
+    pub fn id(&self) -> String {
+        applyset_id(
+            &self.name,
+            &self.namespace,
+            &self.resource.kind,
+            &self.resource.group,
+        )
+    }
+
+    fn api(&self, client: &Client) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), &self.namespace, &self.resource)
+    }
+}
+
+pub fn applyset_id(name: &str, namespace: &str, kind: &str, group: &str) -> String {
+    let digest = Sha256::digest(format!("{name}.{namespace}.{kind}.{group}").as_bytes());
+    format!(
+        "applyset-{}-v1",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    )
+}
+
+/// What the parent records: group-kinds and namespaces beyond its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub group_kinds: BTreeSet<GroupKind>,
+    pub namespaces: BTreeSet<String>,
+}
+
+impl Footprint {
+    pub fn union(&self, other: &Footprint) -> Footprint {
+        Footprint {
+            group_kinds: self
+                .group_kinds
+                .union(&other.group_kinds)
+                .cloned()
+                .collect(),
+            namespaces: self.namespaces.union(&other.namespaces).cloned().collect(),
+        }
+    }
+
+    fn annotations(&self, parent_namespace: &str) -> (String, String) {
+        let gks = self
+            .group_kinds
+            .iter()
+            .map(GroupKind::applyset_form)
+            .collect::<Vec<_>>()
+            .join(",");
+        let namespaces = self
+            .namespaces
+            .iter()
+            .filter(|ns| ns.as_str() != parent_namespace)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",");
+        (gks, namespaces)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplySetError {
+    #[error("reading ApplySet parent {kind} {namespace}/{name}: {}", crate::error::kube_message(.source))]
+    ReadParent {
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "ApplySet parent {kind} {namespace}/{name} belongs to another ApplySet or tool ({detail})"
+    )]
+    ForeignParent {
+        kind: String,
+        namespace: String,
+        name: String,
+        detail: String,
+    },
+    #[error("updating ApplySet parent {kind} {namespace}/{name}: {}", crate::error::kube_message(.source))]
+    WriteParent {
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing {resource} in {scope}: {}", crate::error::kube_message(.source))]
+    List {
+        resource: String,
+        scope: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot list {group_kind}: its API group is unavailable (stale discovery)")]
+    StaleGroup { group_kind: String },
+}
+
+/// The parent as read from the cluster (None fields when it does not exist yet).
+#[derive(Clone, Debug, Default)]
+pub struct ParentState {
+    pub exists: bool,
+    pub footprint: Footprint,
+    pub tooling: Option<String>,
+}
+
+pub async fn read_parent(client: &Client, parent: &Parent) -> Result<ParentState, ApplySetError> {
+    let err = |source| ApplySetError::ReadParent {
+        kind: parent.resource.kind.clone(),
+        namespace: parent.namespace.clone(),
+        name: parent.name.clone(),
+        source,
+    };
+    let Some(obj) = parent
+        .api(client)
+        .get_opt(&parent.name)
+        .await
+        .map_err(err)?
+    else {
+        return Ok(ParentState::default());
+    };
+    let id = parent.id();
+    if let Some(existing) = obj.labels().get(ID_LABEL)
+        && existing != &id
+    {
+        return Err(ApplySetError::ForeignParent {
+            kind: parent.resource.kind.clone(),
+            namespace: parent.namespace.clone(),
+            name: parent.name.clone(),
+            detail: format!("its {ID_LABEL} is {existing}"),
+        });
+    }
+    let annotations = obj.annotations();
+    let tooling = annotations.get(TOOLING_ANNOTATION).cloned();
+    if let Some(t) = &tooling
+        && !t.starts_with("kubesync/")
+    {
+        return Err(ApplySetError::ForeignParent {
+            kind: parent.resource.kind.clone(),
+            namespace: parent.namespace.clone(),
+            name: parent.name.clone(),
+            detail: format!("managed by {t}"),
+        });
+    }
+    let footprint = Footprint {
+        group_kinds: annotations
+            .get(GROUP_KINDS_ANNOTATION)
+            .map(|s| {
+                s.split(',')
+                    .filter_map(GroupKind::parse_applyset_form)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        namespaces: annotations
+            .get(NAMESPACES_ANNOTATION)
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    Ok(ParentState {
+        exists: true,
+        footprint,
+        tooling,
+    })
+}
+
+/// Writes the parent's labels and annotations (server-side apply; creates a Secret parent).
+pub async fn write_parent(
+    client: &Client,
+    parent: &Parent,
+    footprint: &Footprint,
+    field_manager: &str,
+) -> Result<(), ApplySetError> {
+    let (gks, namespaces) = footprint.annotations(&parent.namespace);
+    let mut body = json!({
+        "apiVersion": parent.resource.api_version,
+        "kind": parent.resource.kind,
+        "metadata": {
+            "name": parent.name,
+            "namespace": parent.namespace,
+            "labels": {ID_LABEL: parent.id()},
+            "annotations": {
+                TOOLING_ANNOTATION: format!("kubesync/v{}", crate::VERSION),
+                GROUP_KINDS_ANNOTATION: gks,
+                NAMESPACES_ANNOTATION: namespaces,
+            }
+        }
+    });
+    if parent.resource.kind == "Secret" && parent.resource.group.is_empty() {
+        body["type"] = json!("Opaque");
+    }
+    let params = PatchParams::apply(&format!("{field_manager}-applyset")).force();
+    parent
+        .api(client)
+        .patch(&parent.name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(|source| ApplySetError::WriteParent {
+            kind: parent.resource.kind.clone(),
+            namespace: parent.namespace.clone(),
+            name: parent.name.clone(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// One labelled object found in the cluster.
+#[derive(Clone, Debug)]
+pub struct LiveObject {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+    pub object: DynamicObject,
+}
+
+/// Live objects of the set, by identity. `complete` is false when some group-kind could not be
+/// listed; then nothing may be pruned.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub objects: BTreeMap<ObjectKey, LiveObject>,
+    pub errors: Vec<ApplySetError>,
+}
+
+impl Inventory {
+    pub fn complete(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Lists every group-kind of the footprint in each namespace of the footprint (plus the parent's)
+/// by the part-of label. Kinds the cluster no longer serves (CRD deleted) have no objects left.
+pub async fn list_inventory(
+    client: &Client,
+    discovery: &Discovery,
+    id: &str,
+    footprint: &Footprint,
+    parent_namespace: &str,
+    concurrency: usize,
+) -> Inventory {
+    let mut namespaces = footprint.namespaces.clone();
+    namespaces.insert(parent_namespace.to_string());
+    let mut inventory = Inventory::default();
+    let mut requests = Vec::new();
+    for gk in &footprint.group_kinds {
+        let Some(info) = discovery.preferred(gk) else {
+            let group_stale = discovery
+                .stale
+                .iter()
+                .any(|gv| crate::manifests::group_of(gv) == gk.group && gv.contains('/'));
+            if group_stale {
+                inventory.errors.push(ApplySetError::StaleGroup {
+                    group_kind: gk.applyset_form(),
+                });
+            }
+            continue;
+        };
+        if !info.supports("list") {
+            continue;
+        }
+        if info.namespaced {
+            for ns in &namespaces {
+                requests.push((info.clone(), Some(ns.clone())));
+            }
+        } else {
+            requests.push((info.clone(), None));
+        }
+    }
+    let selector = format!("{PART_OF_LABEL}={id}");
+    let results = futures::stream::iter(requests.into_iter().map(|(info, ns)| {
+        let client = client.clone();
+        let selector = selector.clone();
+        async move {
+            let api: Api<DynamicObject> = match &ns {
+                Some(ns) => Api::namespaced_with(client, ns, &info.api_resource),
+                None => Api::all_with(client, &info.api_resource),
+            };
+            let list = api.list(&ListParams::default().labels(&selector)).await;
+            (info, ns, list)
+        }
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    for (info, ns, list) in results {
+        match list {
+            Ok(list) => {
+                for mut object in list.items {
+                    // List items omit apiVersion/kind; restore them for the object we keep.
+                    object.types = Some(kube::api::TypeMeta {
+                        api_version: info.api_resource.api_version.clone(),
+                        kind: info.api_resource.kind.clone(),
+                    });
+                    let key = ObjectKey {
+                        group: info.api_resource.group.clone(),
+                        kind: info.api_resource.kind.clone(),
+                        namespace: object.namespace(),
+                        name: object.name_any(),
+                    };
+                    inventory.objects.insert(
+                        key,
+                        LiveObject {
+                            resource: info.api_resource.clone(),
+                            namespaced: info.namespaced,
+                            object,
+                        },
+                    );
+                }
+            }
+            // A namespace that does not exist yet holds no objects.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => inventory.errors.push(ApplySetError::List {
+                resource: info.api_resource.plural.clone(),
+                scope: ns
+                    .map(|n| format!("namespace {n}"))
+                    .unwrap_or_else(|| "the cluster".into()),
+                source,
+            }),
+        }
+    }
+    inventory
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_matches_the_kep_formula() {
+        // sha256("example.default.Secret.") in base64url without padding, as kubectl computes it.
+        let id = applyset_id("example", "default", "Secret", "");
+        assert!(id.starts_with("applyset-") && id.ends_with("-v1"), "{id}");
+        let digest = Sha256::digest(b"example.default.Secret.");
+        let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        assert_eq!(id, format!("applyset-{expected}-v1"));
+        assert_eq!(id.len(), "applyset-".len() + 43 + "-v1".len());
+        assert_ne!(id, applyset_id("example", "other", "Secret", ""));
+        assert_eq!(Parent::secret("example", "default").id(), id);
+    }
+
+    #[test]
+    fn footprint_annotations_leave_out_the_parent_namespace() {
+        let fp = Footprint {
+            group_kinds: ["Deployment.apps", "ConfigMap"]
+                .iter()
+                .filter_map(|s| GroupKind::parse_applyset_form(s))
+                .collect(),
+            namespaces: ["default", "web", "batch"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let (gks, namespaces) = fp.annotations("default");
+        assert_eq!(gks, "ConfigMap,Deployment.apps");
+        assert_eq!(namespaces, "batch,web");
+    }
+}
