@@ -1,8 +1,14 @@
 //! Command-line interface. Every flag is a clap derive field; most have an environment fallback.
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kube::api::PropagationPolicy;
 
+use crate::source::{Auth, GitRef, SourceSpec};
+use crate::sync::{ObjectResult, SyncOptions, SyncReport};
 use crate::telemetry::LogFormat;
 
 /// kubesync keeps a Kubernetes cluster in step with manifests in Git, using server-side apply and
@@ -20,18 +26,416 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Apply the manifests of a repository or directory to the cluster, then prune what left Git.
+    Sync(SyncArgs),
+    /// Show what a sync would change (server-side dry run). Exit 0: in sync, 1: differences, 2: error.
+    Diff(DiffArgs),
+    /// Print the objects exactly as a sync would apply them, as YAML.
+    Render(SourceArgs),
     /// Print the version and exit.
     Version,
 }
 
+/// Where the manifests come from and which cluster they go to.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Git URL (https://, ssh://, git@host:path, git://, file://) or a local directory.
+    #[arg(long, env = "KUBESYNC_REPO")]
+    pub repo: String,
+    /// Branch, tag (refs/tags/NAME) or commit to sync.
+    #[arg(long = "ref", env = "KUBESYNC_REF", default_value = "main")]
+    pub reference: String,
+    /// Directory or file inside the repository; repeat for several. Default: the whole repository.
+    #[arg(long = "path", env = "KUBESYNC_PATH", value_delimiter = ',')]
+    pub paths: Vec<String>,
+    /// Name of this sync; the ApplySet parent is a Secret of this name in --namespace.
+    #[arg(long, env = "KUBESYNC_NAME")]
+    pub name: String,
+    /// Namespace for objects that set none, and of the ApplySet parent. Default: the kubeconfig's.
+    #[arg(long, short = 'n', env = "KUBESYNC_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// SSH private key for ssh:// and git@host:path URLs.
+    #[arg(long, env = "KUBESYNC_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
+    /// File holding the SSH key's passphrase.
+    #[arg(long, env = "KUBESYNC_SSH_PASSPHRASE_FILE")]
+    pub ssh_passphrase_file: Option<PathBuf>,
+    /// known_hosts file: SSH host keys are always verified against it.
+    #[arg(long, env = "KUBESYNC_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+    /// Username for HTTPS.
+    #[arg(long, env = "KUBESYNC_USERNAME")]
+    pub username: Option<String>,
+    /// File holding the HTTPS password or token.
+    #[arg(long, env = "KUBESYNC_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Time limit for fetching the repository.
+    #[arg(long, env = "KUBESYNC_FETCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub fetch_timeout: Duration,
+    /// Where fetched repositories are cached.
+    #[arg(long, env = "KUBESYNC_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context.
+    #[arg(long, env = "KUBESYNC_CONTEXT")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+    /// Delete objects that left Git (the default).
+    #[arg(long, overrides_with = "no_prune")]
+    pub prune: bool,
+    /// Do not delete anything.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Send everything as a server-side dry run; nothing changes.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait until applied objects are healthy (rollouts done, Jobs complete), and fail if they are not.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Field manager for server-side apply.
+    #[arg(long, env = "KUBESYNC_FIELD_MANAGER", default_value = crate::FIELD_MANAGER)]
+    pub field_manager: String,
+    /// Take over fields other managers own (Git wins). With false, conflicts fail and name the manager.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub force_conflicts: bool,
+    /// Refuse to prune more objects than this (default: 25 % of managed objects, at least 10).
+    #[arg(long)]
+    pub max_prune: Option<usize>,
+    /// Allow a prune when the source holds no objects at all.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Also prune Namespaces, PersistentVolumeClaims, PersistentVolumes and CRDs.
+    #[arg(long)]
+    pub prune_data: bool,
+    /// How dependents of pruned objects are deleted.
+    #[arg(long, value_enum, default_value_t = Propagation::Background)]
+    pub prune_propagation: Propagation,
+    /// Requests in flight at once within one apply stage.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+    /// Leave out objects that a sync would prune.
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Propagation {
+    Background,
+    Foreground,
+}
+
+/// `90s`, `5m`, `1h`, `1m30s`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
+        number.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(format!("invalid duration {s:?} (use s, m or h)")),
+        };
+    }
+    if !number.is_empty() {
+        return Err(format!("invalid duration {s:?} (missing unit)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
 /// Runs the parsed command and maps its outcome to the process exit status.
 pub async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+    let result = match cli.command {
         Command::Version => {
             println!("kubesync {}", crate::VERSION);
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(args) => run_sync(args).await,
+        Command::Diff(args) => run_diff(args).await,
+        Command::Render(args) => run_render(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
+}
+
+struct Prepared {
+    client: kube::Client,
+    spec: SourceSpec,
+    cache_dir: PathBuf,
+    options: SyncOptions,
+}
+
+async fn prepare(source: &SourceArgs, apply: &ApplyArgs) -> anyhow::Result<Prepared> {
+    use anyhow::Context;
+    let kube_options = kube::config::KubeConfigOptions {
+        context: source.context.clone(),
+        ..Default::default()
+    };
+    let config = match &source.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+                .await
+                .context("loading kubeconfig")?
+        }
+        None if source.context.is_some() => kube::Config::from_kubeconfig(&kube_options)
+            .await
+            .context("loading kubeconfig")?,
+        None => kube::Config::infer()
+            .await
+            .context("finding a cluster (kubeconfig or in-cluster)")?,
+    };
+    let namespace = source
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let read_secret = |path: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<String>> {
+        match path {
+            Some(p) => Ok(Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {what} file {}", p.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            )),
+            None => Ok(None),
+        }
+    };
+    let spec = SourceSpec {
+        url: source.repo.clone(),
+        reference: GitRef::parse(&source.reference),
+        auth: Auth {
+            ssh_key: source.ssh_key.clone(),
+            ssh_passphrase: read_secret(&source.ssh_passphrase_file, "SSH passphrase")?,
+            known_hosts: source.known_hosts.clone(),
+            username: source.username.clone(),
+            password: read_secret(&source.password_file, "password")?,
+        },
+        timeout: source.fetch_timeout,
+    };
+    let mut options = SyncOptions::new(&source.name, &namespace);
+    if !source.paths.is_empty() {
+        options.paths = source.paths.clone();
+    }
+    options.field_manager = apply.field_manager.clone();
+    options.force_conflicts = apply.force_conflicts;
+    options.max_prune = apply.max_prune;
+    options.allow_empty = apply.allow_empty;
+    options.prune_data = apply.prune_data;
+    options.concurrency = apply.concurrency.max(1);
+    options.propagation = match apply.prune_propagation {
+        Propagation::Background => PropagationPolicy::Background,
+        Propagation::Foreground => PropagationPolicy::Foreground,
+    };
+    let cache_dir = source
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::sync::default_cache_dir);
+    Ok(Prepared {
+        client,
+        spec,
+        cache_dir,
+        options,
+    })
+}
+
+async fn run_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let mut p = prepare(&args.source, &args.apply).await?;
+    p.options.prune = !args.no_prune;
+    p.options.dry_run = args.dry_run;
+    p.options.wait = args.wait.then_some(args.timeout);
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "syncing {} ({}) ...",
+            crate::source::redact_url(&p.spec.url),
+            args.source.reference
+        );
+    }
+    let report = crate::sync::sync_source(&p.client, &p.spec, &p.cache_dir, &p.options).await;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print_text(&report)?,
+    }
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// One line per object, then the summary, as kubectl prints.
+pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let suffix = if report.dry_run { " (dry run)" } else { "" };
+    for o in &report.objects {
+        let what = match &o.result {
+            ObjectResult::Created => "created".to_string(),
+            ObjectResult::Configured if o.drift_corrected => {
+                "configured (drift corrected)".to_string()
+            }
+            ObjectResult::Configured => "configured".to_string(),
+            ObjectResult::Unchanged => "unchanged".to_string(),
+            ObjectResult::Pruned => "pruned".to_string(),
+            ObjectResult::Kept(r) => format!("kept ({r})"),
+            ObjectResult::Skipped(r) => format!("skipped ({r})"),
+            ObjectResult::Failed(r) => format!("failed: {r}"),
+        };
+        writeln!(out, "{} {what}{suffix}", o.object)?;
+    }
+    for e in &report.errors {
+        writeln!(out, "error: {e}")?;
+    }
+    if let Some(b) = &report.prune_blocked
+        && *b != crate::sync::PruneBlocked::Disabled
+    {
+        writeln!(out, "{b}")?;
+    }
+    let s = &report.summary;
+    writeln!(
+        out,
+        "sync {} {} at revision {}: {} objects ({} created, {} configured, {} unchanged), {} pruned, {} failed in {:.1}s",
+        report.name,
+        if report.succeeded() {
+            "succeeded"
+        } else {
+            "FAILED"
+        },
+        report.revision.as_deref().unwrap_or("-"),
+        s.managed + s.failed,
+        s.created,
+        s.configured,
+        s.unchanged,
+        s.pruned,
+        s.failed,
+        report.duration_seconds
+    )?;
+    Ok(())
+}
+
+async fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let mut p = prepare(&args.source, &args.apply).await?;
+    p.options.dry_run = true;
+    p.options.prune = !args.no_prune;
+    let report = crate::sync::sync_source(&p.client, &p.spec, &p.cache_dir, &p.options).await;
+    if !report.succeeded() {
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let mut out = std::io::stdout().lock();
+    for change in &report.changes {
+        let before = change.before.as_ref().map(to_yaml).unwrap_or_default();
+        let after = change.after.as_ref().map(to_yaml).unwrap_or_default();
+        let diff = similar::TextDiff::from_lines(&before, &after);
+        let old = if change.before.is_some() {
+            format!("live/{}", change.object)
+        } else {
+            "/dev/null".into()
+        };
+        let new = if change.after.is_some() {
+            format!("git/{}", change.object)
+        } else {
+            "/dev/null".into()
+        };
+        write!(
+            out,
+            "{}",
+            diff.unified_diff().context_radius(3).header(&old, &new)
+        )?;
+    }
+    Ok(if report.changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn run_render(args: SourceArgs) -> anyhow::Result<ExitCode> {
+    let apply = ApplyArgs {
+        field_manager: crate::FIELD_MANAGER.into(),
+        force_conflicts: true,
+        max_prune: None,
+        allow_empty: false,
+        prune_data: false,
+        prune_propagation: Propagation::Background,
+        concurrency: 1,
+    };
+    let p = prepare(&args, &apply).await?;
+    let checkout = crate::source::fetch(&p.spec, &p.cache_dir).await?;
+    match crate::sync::render(&p.client, &checkout, &p.options).await {
+        Ok(objects) => {
+            let mut out = std::io::stdout().lock();
+            for o in objects {
+                let hash = crate::apply::desired_hash(&o.desired);
+                let mut object = o.desired;
+                object["metadata"]["annotations"][crate::apply::HASH_ANNOTATION] =
+                    serde_json::Value::String(hash);
+                write!(out, "---\n{}", to_yaml(&object))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn to_yaml(value: &serde_json::Value) -> String {
+    serde_saphyr::to_string(value).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n"))
 }
 
 #[cfg(test)]
@@ -42,5 +446,43 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn sync_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kubesync",
+            "sync",
+            "--repo",
+            "file:///r",
+            "--name",
+            "web",
+            "--path",
+            "apps,infra",
+            "--no-prune",
+            "--wait",
+            "--timeout",
+            "2m",
+            "--force-conflicts",
+            "false",
+        ])
+        .expect("parses");
+        let Command::Sync(args) = cli.command else {
+            panic!("sync")
+        };
+        assert_eq!(args.source.paths, vec!["apps", "infra"]);
+        assert!(args.no_prune && args.wait && !args.apply.force_conflicts);
+        assert_eq!(args.timeout, Duration::from_secs(120));
     }
 }

@@ -2,9 +2,16 @@
 //!
 //! A sync is a pipeline of stages, each in its own module, shared by the CLI and the controller:
 //! source (git) → manifests (parse, validate) → plan (discovery, order) → apply → prune → report.
+pub mod apply;
+pub mod applyset;
 pub mod cli;
+pub mod error;
+pub mod health;
 pub mod manifests;
 pub mod plan;
+pub mod prune;
+pub mod source;
+pub mod sync;
 pub mod telemetry;
 
 /// The field manager kubesync applies with unless `--field-manager` says otherwise.

@@ -1,0 +1,807 @@
+//! One sync run: source → manifests → plan → apply → prune → report. Used by the CLI and the
+//! controller alike. Nothing is pruned after any failure; every guard that stops a prune is reported.
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::api::PropagationPolicy;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::apply::{ApplyAction, ApplyOptions, ApplyOutcome};
+use crate::applyset::{self, Footprint, Inventory, Parent};
+use crate::health::{self, Health};
+use crate::manifests::{self, Origin};
+use crate::plan::{self, Discovery, ObjectKey, PlanContext, PlannedObject, Stage};
+use crate::prune::{self, PruneAction, PruneOptions};
+use crate::source::{self, Checkout, SourceSpec};
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Name of the sync (ApplySet parent name for the CLI).
+    pub name: String,
+    pub default_namespace: String,
+    pub paths: Vec<String>,
+    pub field_manager: String,
+    pub prune: bool,
+    pub dry_run: bool,
+    pub force_conflicts: bool,
+    /// Wait for health, at most this long.
+    pub wait: Option<Duration>,
+    /// Refuse to prune more than this many objects (None: 25 % of managed, at least 10).
+    pub max_prune: Option<usize>,
+    pub allow_empty: bool,
+    pub prune_data: bool,
+    pub propagation: PropagationPolicy,
+    pub concurrency: usize,
+    pub request_timeout: Duration,
+}
+
+impl SyncOptions {
+    pub fn new(name: &str, default_namespace: &str) -> Self {
+        SyncOptions {
+            name: name.into(),
+            default_namespace: default_namespace.into(),
+            paths: vec![".".into()],
+            field_manager: crate::FIELD_MANAGER.into(),
+            prune: true,
+            dry_run: false,
+            force_conflicts: true,
+            wait: None,
+            max_prune: None,
+            allow_empty: false,
+            prune_data: false,
+            propagation: PropagationPolicy::Background,
+            concurrency: 16,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a prune did not run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+pub enum PruneBlocked {
+    /// Prune disabled by the user.
+    Disabled,
+    /// Something failed earlier in this sync.
+    Failure,
+    /// Some group-kind could not be listed (incomplete discovery or inventory).
+    IncompleteInventory(String),
+    /// Git holds no objects at all (--allow-empty overrides).
+    EmptySource,
+    /// More objects would go than --max-prune allows.
+    TooMany(String),
+}
+
+impl PruneBlocked {
+    /// Fixed label value for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            PruneBlocked::Disabled => "disabled",
+            PruneBlocked::Failure => "failure",
+            PruneBlocked::IncompleteInventory(_) => "incomplete_inventory",
+            PruneBlocked::EmptySource => "empty_source",
+            PruneBlocked::TooMany(_) => "too_many",
+        }
+    }
+}
+
+impl std::fmt::Display for PruneBlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PruneBlocked::Disabled => write!(f, "prune is disabled"),
+            PruneBlocked::Failure => write!(f, "not pruning: this sync had failures"),
+            PruneBlocked::IncompleteInventory(d) => {
+                write!(f, "not pruning: the inventory is incomplete ({d})")
+            }
+            PruneBlocked::EmptySource => write!(
+                f,
+                "not pruning: the source holds no objects (use --allow-empty to prune everything)"
+            ),
+            PruneBlocked::TooMany(d) => {
+                write!(f, "not pruning: {d} (raise --max-prune to allow it)")
+            }
+        }
+    }
+}
+
+/// Per-object line of the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ObjectReport {
+    pub object: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    pub result: ObjectResult,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drift_corrected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "action", content = "reason")]
+pub enum ObjectResult {
+    Created,
+    Configured,
+    Unchanged,
+    Pruned,
+    Kept(String),
+    Skipped(String),
+    Failed(String),
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub managed: usize,
+    pub created: usize,
+    pub configured: usize,
+    pub unchanged: usize,
+    pub pruned: usize,
+    pub kept: usize,
+    pub failed: usize,
+    pub drift_corrected: usize,
+    pub unhealthy: usize,
+}
+
+/// Everything a sync did; rendered by the CLI and turned into status and metrics by the controller.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SyncReport {
+    pub name: String,
+    pub revision: Option<String>,
+    #[serde(skip)]
+    pub commit_time: Option<i64>,
+    pub fetched: bool,
+    pub dry_run: bool,
+    pub objects: Vec<ObjectReport>,
+    /// Errors that are not about one applied object (source, parse, plan, inventory).
+    pub errors: Vec<String>,
+    pub prune_blocked: Option<PruneBlocked>,
+    pub summary: Summary,
+    pub duration_seconds: f64,
+    #[serde(skip)]
+    pub fetch_duration: Option<Duration>,
+    /// Fixed category of the first failure, for metrics.
+    pub failure: Option<&'static str>,
+    /// Dry runs only: (object, before, after) for every object that would change.
+    #[serde(skip)]
+    pub changes: Vec<Change>,
+}
+
+/// One object's state before and after (None: absent), for `kubesync diff`.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub object: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl SyncReport {
+    pub fn succeeded(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    fn fail(&mut self, category: &'static str, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(category);
+        }
+        self.errors.push(message);
+    }
+}
+
+/// Fetches the source, then syncs it.
+pub async fn sync_source(
+    client: &Client,
+    spec: &SourceSpec,
+    cache_dir: &std::path::Path,
+    options: &SyncOptions,
+) -> SyncReport {
+    let started = Instant::now();
+    let span = info_span!("sync", sync = %options.name, revision = tracing::field::Empty);
+    async {
+        let fetch_started = Instant::now();
+        let checkout = match source::fetch(spec, cache_dir).await {
+            Ok(c) => c,
+            Err(e) => {
+                let mut report = SyncReport {
+                    name: options.name.clone(),
+                    dry_run: options.dry_run,
+                    ..Default::default()
+                };
+                report.fetch_duration = Some(fetch_started.elapsed());
+                report.fail(
+                    "source",
+                    format!("fetching {}: {e}", source::redact_url(&spec.url)),
+                );
+                report.prune_blocked = Some(PruneBlocked::Failure);
+                report.duration_seconds = started.elapsed().as_secs_f64();
+                warn!(error = %e, "fetch failed");
+                return report;
+            }
+        };
+        let fetch_duration = fetch_started.elapsed();
+        tracing::Span::current().record("revision", checkout.revision.as_str());
+        let mut report = sync_checkout(client, &checkout, options).await;
+        report.fetch_duration = Some(fetch_duration);
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        report
+    }
+    .instrument(span)
+    .await
+}
+
+/// Loads and plans a checkout without touching the cluster beyond discovery (for `render`).
+pub async fn render(
+    client: &Client,
+    checkout: &Checkout,
+    options: &SyncOptions,
+) -> Result<Vec<PlannedObject>, Vec<String>> {
+    let loaded = manifests::load(&checkout.dir, &options.paths)
+        .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let discovery = Discovery::run(client)
+        .await
+        .map_err(|e| vec![e.to_string()])?;
+    let parent = Parent::secret(&options.name, &options.default_namespace);
+    let ctx = PlanContext {
+        default_namespace: options.default_namespace.clone(),
+        applyset_id: parent.id(),
+    };
+    let plan = plan::plan(loaded, &discovery, &ctx);
+    if !plan.errors.is_empty() {
+        return Err(plan.errors.iter().map(ToString::to_string).collect());
+    }
+    let mut objects = plan.objects;
+    // Deferred custom resources cannot be resolved without applying their CRDs; render them as
+    // written, with namespace and label as the plan would set them.
+    for d in plan.deferred {
+        objects.push(PlannedObject {
+            key: ObjectKey {
+                group: d.manifest.group().into(),
+                kind: d.manifest.kind.clone(),
+                namespace: d.manifest.namespace.clone(),
+                name: d.manifest.name.clone(),
+            },
+            origin: d.manifest.origin.clone(),
+            resource: kube::discovery::ApiResource {
+                group: d.manifest.group().into(),
+                version: String::new(),
+                api_version: d.manifest.api_version.clone(),
+                kind: d.manifest.kind.clone(),
+                plural: String::new(),
+            },
+            namespaced: d.manifest.namespace.is_some(),
+            stage: Stage::Rest,
+            desired: d.manifest.object.clone(),
+        });
+    }
+    Ok(objects)
+}
+
+/// Syncs an already fetched checkout.
+pub async fn sync_checkout(
+    client: &Client,
+    checkout: &Checkout,
+    options: &SyncOptions,
+) -> SyncReport {
+    let started = Instant::now();
+    let mut report = SyncReport {
+        name: options.name.clone(),
+        revision: Some(checkout.revision.clone()),
+        commit_time: checkout.commit_time,
+        fetched: checkout.fetched,
+        dry_run: options.dry_run,
+        ..Default::default()
+    };
+    run_pipeline(client, checkout, options, &mut report).await;
+    if !options.prune && report.prune_blocked.is_none() {
+        report.prune_blocked = Some(PruneBlocked::Disabled);
+    }
+    summarise(&mut report);
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    info!(
+        revision = %checkout.revision,
+        created = report.summary.created, configured = report.summary.configured,
+        unchanged = report.summary.unchanged, pruned = report.summary.pruned,
+        failed = report.summary.failed, ok = report.succeeded(),
+        "sync finished"
+    );
+    report
+}
+
+async fn run_pipeline(
+    client: &Client,
+    checkout: &Checkout,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) {
+    // Manifests: any error fails the sync before anything is applied.
+    let loaded = match manifests::load(&checkout.dir, &options.paths) {
+        Ok(m) => m,
+        Err(errors) => {
+            for e in errors.0 {
+                report.fail("manifests", e.to_string());
+            }
+            report.prune_blocked = Some(PruneBlocked::Failure);
+            return;
+        }
+    };
+    // Plan.
+    let discovery = match Discovery::run(client).await {
+        Ok(d) => d,
+        Err(e) => {
+            report.fail("discovery", e.to_string());
+            report.prune_blocked = Some(PruneBlocked::Failure);
+            return;
+        }
+    };
+    let parent = Parent::secret(&options.name, &options.default_namespace);
+    let ctx = PlanContext {
+        default_namespace: options.default_namespace.clone(),
+        applyset_id: parent.id(),
+    };
+    let mut the_plan = plan::plan(loaded, &discovery, &ctx);
+    if !the_plan.errors.is_empty() {
+        for e in &the_plan.errors {
+            report.fail("plan", e.to_string());
+        }
+        report.prune_blocked = Some(PruneBlocked::Failure);
+        return;
+    }
+    // ApplySet parent: widen to old ∪ new before applying anything.
+    let parent_state = match applyset::read_parent(client, &parent).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail("applyset", e.to_string());
+            report.prune_blocked = Some(PruneBlocked::Failure);
+            return;
+        }
+    };
+    let (gks, namespaces) = the_plan.footprint();
+    let desired_footprint = Footprint {
+        group_kinds: gks,
+        namespaces,
+    };
+    let widened = parent_state.footprint.union(&desired_footprint);
+    // The parent lives in the default namespace; when Git creates that namespace, create it first.
+    let mut outcomes: Vec<ApplyOutcome> = Vec::new();
+    if !parent_state.exists && !options.dry_run {
+        let own_namespace = the_plan.objects.iter().position(|o| {
+            o.key.group.is_empty() && o.key.kind == "Namespace" && o.key.name == parent.namespace
+        });
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(client.clone());
+        let exists = matches!(namespaces.get_opt(&parent.namespace).await, Ok(Some(_)));
+        match own_namespace {
+            Some(i) if !exists => {
+                let ns_object = the_plan.objects.remove(i);
+                let apply_options = ApplyOptions {
+                    field_manager: options.field_manager.clone(),
+                    force_conflicts: options.force_conflicts,
+                    dry_run: false,
+                    concurrency: 1,
+                    timeout: options.request_timeout,
+                };
+                let first = crate::apply::apply_stage(
+                    client,
+                    std::slice::from_ref(&ns_object),
+                    &Default::default(),
+                    &apply_options,
+                )
+                .await;
+                outcomes.extend(first);
+            }
+            None if !exists => {
+                report.fail(
+                    "applyset",
+                    format!("namespace {} does not exist: create it, or add a Namespace object for it to Git", parent.namespace),
+                );
+                report.prune_blocked = Some(PruneBlocked::Failure);
+                return;
+            }
+            _ => {}
+        }
+    }
+    let parent_outdated = !parent_state.exists || widened != parent_state.footprint;
+    if !options.dry_run
+        && parent_outdated
+        && let Err(e) =
+            applyset::write_parent(client, &parent, &widened, &options.field_manager).await
+    {
+        report.fail("applyset", e.to_string());
+        report.prune_blocked = Some(PruneBlocked::Failure);
+        return;
+    }
+    // Live inventory: what the set holds now (also used to skip unchanged objects).
+    let inventory = applyset::list_inventory(
+        client,
+        &discovery,
+        &parent.id(),
+        &widened,
+        &parent.namespace,
+        options.concurrency,
+    )
+    .await;
+
+    // Apply, stage by stage.
+    let apply_options = ApplyOptions {
+        field_manager: options.field_manager.clone(),
+        force_conflicts: options.force_conflicts,
+        dry_run: options.dry_run,
+        concurrency: options.concurrency,
+        timeout: options.request_timeout,
+    };
+    let mut desired_keys: BTreeSet<ObjectKey> =
+        the_plan.objects.iter().map(|o| o.key.clone()).collect();
+    desired_keys.extend(outcomes.iter().map(|o| o.key.clone()));
+    let mut pending = std::mem::take(&mut the_plan.objects);
+    let mut deferred = std::mem::take(&mut the_plan.deferred);
+    let stages = [
+        Stage::Foundations,
+        Stage::ClusterConfig,
+        Stage::Config,
+        Stage::Services,
+        Stage::Workloads,
+        Stage::Rest,
+        Stage::Webhooks,
+    ];
+    for stage in stages {
+        let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|o| o.stage == stage);
+        pending = later;
+        if !now.is_empty() {
+            let stage_outcomes =
+                crate::apply::apply_stage(client, &now, &inventory.objects, &apply_options).await;
+            outcomes.extend(stage_outcomes);
+        }
+        // After CRDs: wait until they are Established, rediscover, resolve their custom resources.
+        if stage == Stage::Foundations && !deferred.is_empty() {
+            if options.dry_run {
+                for d in deferred.drain(..) {
+                    report.fail(
+                        "plan",
+                        format!(
+                            "{}: {}: its CRD is not installed yet; a dry run cannot create it",
+                            d.manifest.origin,
+                            d.manifest.describe()
+                        ),
+                    );
+                }
+                continue;
+            }
+            match wait_for_crds(client, &now, options.request_timeout).await {
+                Ok(discovery) => {
+                    let resolved =
+                        plan::resolve_deferred(std::mem::take(&mut deferred), &discovery, &ctx);
+                    for e in &resolved.errors {
+                        report.fail("plan", e.to_string());
+                    }
+                    desired_keys.extend(resolved.objects.iter().map(|o| o.key.clone()));
+                    pending.extend(resolved.objects);
+                }
+                Err(message) => report.fail("apply", message),
+            }
+        }
+    }
+    let failed_apply = outcomes
+        .iter()
+        .any(|o| matches!(o.action, ApplyAction::Failed(_)));
+    if failed_apply {
+        let first = outcomes.iter().find_map(|o| match &o.action {
+            ApplyAction::Failed(r) => Some(format!("{}: {}: {}", o.origin, o.key, r)),
+            _ => None,
+        });
+        if report.failure.is_none() {
+            report.failure = Some("apply");
+        }
+        if let Some(first) = first {
+            report
+                .errors
+                .push(format!("apply failed for some objects; first: {first}"));
+        }
+    }
+    // Health.
+    if let Some(timeout) = options
+        .wait
+        .filter(|_| !options.dry_run && report.failure.is_none())
+    {
+        wait_for_health(client, &mut outcomes, timeout).await;
+    }
+    if options.dry_run {
+        for o in &outcomes {
+            if matches!(o.action, ApplyAction::Created | ApplyAction::Configured) {
+                report.changes.push(Change {
+                    object: o.key.to_string(),
+                    before: o.before.as_ref().map(crate::apply::comparable),
+                    after: o.live.as_ref().map(crate::apply::comparable),
+                });
+            }
+        }
+    }
+    for o in &outcomes {
+        let health = o.live.as_ref().map(|live| {
+            let value = serde_json::to_value(live).unwrap_or_default();
+            health::assess(&o.key.group, &o.key.kind, &value)
+        });
+        report.objects.push(ObjectReport {
+            object: o.key.to_string(),
+            origin: Some(o.origin.clone()),
+            result: match &o.action {
+                ApplyAction::Created => ObjectResult::Created,
+                ApplyAction::Configured => ObjectResult::Configured,
+                ApplyAction::Unchanged => ObjectResult::Unchanged,
+                ApplyAction::Failed(r) => ObjectResult::Failed(format!("{}: {r}", o.origin)),
+            },
+            drift_corrected: o.drift_corrected,
+            health,
+        });
+    }
+    if options.wait.is_some() && !options.dry_run {
+        let unhealthy: Vec<String> = report
+            .objects
+            .iter()
+            .filter(|o| o.health.as_ref().is_some_and(|h| !h.is_healthy()))
+            .map(|o| format!("{} ({:?})", o.object, o.health))
+            .collect();
+        if !unhealthy.is_empty() && report.failure.is_none() {
+            report.fail(
+                "health",
+                format!("not healthy in time: {}", unhealthy.join(", ")),
+            );
+        }
+    }
+
+    // Prune, with every guard.
+    if !options.prune {
+        return;
+    }
+    if report.failure.is_some() {
+        report.prune_blocked = Some(PruneBlocked::Failure);
+        return;
+    }
+    if !inventory.complete() {
+        let detail = inventory
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        report.prune_blocked = Some(PruneBlocked::IncompleteInventory(detail));
+        return;
+    }
+    let candidates = prune_candidates(&inventory, &desired_keys);
+    if candidates.is_empty() {
+        finish_parent(
+            client,
+            &parent,
+            &desired_footprint,
+            &inventory,
+            &desired_keys,
+            &[],
+            options,
+            report,
+        )
+        .await;
+        return;
+    }
+    if desired_keys.is_empty() && !options.allow_empty {
+        report.prune_blocked = Some(PruneBlocked::EmptySource);
+        return;
+    }
+    let managed = inventory.objects.len();
+    let limit = options.max_prune.unwrap_or_else(|| (managed / 4).max(10));
+    if candidates.len() > limit {
+        report.prune_blocked = Some(PruneBlocked::TooMany(format!(
+            "{} objects would be deleted, the limit is {limit}",
+            candidates.len()
+        )));
+        return;
+    }
+    let prune_options = PruneOptions {
+        field_manager: options.field_manager.clone(),
+        dry_run: options.dry_run,
+        prune_data: options.prune_data,
+        propagation: options.propagation.clone(),
+    };
+    let pruned = prune::prune(client, candidates, &prune_options).await;
+    let mut remaining = Vec::new();
+    for p in &pruned {
+        let result = match &p.action {
+            PruneAction::Pruned => {
+                if options.dry_run {
+                    let before = inventory
+                        .objects
+                        .get(&p.key)
+                        .map(|l| crate::apply::comparable(&l.object));
+                    report.changes.push(Change {
+                        object: p.key.to_string(),
+                        before,
+                        after: None,
+                    });
+                }
+                ObjectResult::Pruned
+            }
+            PruneAction::Kept(r) => ObjectResult::Kept(r.clone()),
+            PruneAction::Skipped(r) => {
+                remaining.push(p.key.clone());
+                ObjectResult::Skipped(r.clone())
+            }
+            PruneAction::Failed(r) => {
+                remaining.push(p.key.clone());
+                if report.failure.is_none() {
+                    report.failure = Some("prune");
+                }
+                report.errors.push(format!("pruning {}: {r}", p.key));
+                ObjectResult::Failed(r.clone())
+            }
+        };
+        report.objects.push(ObjectReport {
+            object: p.key.to_string(),
+            origin: None,
+            result,
+            drift_corrected: false,
+            health: None,
+        });
+    }
+    finish_parent(
+        client,
+        &parent,
+        &desired_footprint,
+        &inventory,
+        &desired_keys,
+        &remaining,
+        options,
+        report,
+    )
+    .await;
+}
+
+fn prune_candidates(
+    inventory: &Inventory,
+    desired: &BTreeSet<ObjectKey>,
+) -> Vec<(ObjectKey, applyset::LiveObject)> {
+    inventory
+        .objects
+        .iter()
+        .filter(|(k, _)| !desired.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Narrows the parent to what the set now holds: the desired objects plus those left in place.
+#[allow(clippy::too_many_arguments)]
+async fn finish_parent(
+    client: &Client,
+    parent: &Parent,
+    desired: &Footprint,
+    inventory: &Inventory,
+    desired_keys: &BTreeSet<ObjectKey>,
+    remaining: &[ObjectKey],
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) {
+    if options.dry_run {
+        return;
+    }
+    let mut footprint = desired.clone();
+    for key in desired_keys.iter().chain(remaining) {
+        footprint.group_kinds.insert(key.group_kind());
+        if let Some(ns) = &key.namespace {
+            footprint.namespaces.insert(ns.clone());
+        }
+    }
+    let _ = inventory;
+    match applyset::read_parent(client, parent).await {
+        Ok(state) if state.footprint == footprint => {}
+        _ => {
+            if let Err(e) =
+                applyset::write_parent(client, parent, &footprint, &options.field_manager).await
+            {
+                report.fail("applyset", e.to_string());
+            }
+        }
+    }
+}
+
+async fn wait_for_crds(
+    client: &Client,
+    applied: &[PlannedObject],
+    timeout: Duration,
+) -> Result<Discovery, String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Vec<&PlannedObject> = applied
+        .iter()
+        .filter(|o| o.key.kind == "CustomResourceDefinition")
+        .collect();
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    for crd in crds {
+        loop {
+            let established = match api.get_opt(&crd.key.name).await {
+                Ok(Some(c)) => c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True"),
+                _ => false,
+            };
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{}: not Established within {timeout:?}", crd.key));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Discovery can lag behind Established by a moment.
+    let mut last_error = String::new();
+    for _ in 0..20 {
+        match Discovery::run(client).await {
+            Ok(d) => return Ok(d),
+            Err(e) => last_error = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last_error)
+}
+
+async fn wait_for_health(client: &Client, outcomes: &mut [ApplyOutcome], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all_healthy = true;
+        for o in outcomes.iter_mut() {
+            let Some(live) = &o.live else { continue };
+            let value = serde_json::to_value(live).unwrap_or_default();
+            match health::assess(&o.key.group, &o.key.kind, &value) {
+                Health::Healthy => {}
+                Health::Failed(_) => {}
+                Health::Progressing(_) => {
+                    all_healthy = false;
+                    let api: kube::Api<kube::api::DynamicObject> = match &o.key.namespace {
+                        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &o.resource),
+                        None => kube::Api::all_with(client.clone(), &o.resource),
+                    };
+                    if let Ok(fresh) = api.get(&o.key.name).await {
+                        o.live = Some(fresh);
+                    }
+                }
+            }
+        }
+        if all_healthy || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn summarise(report: &mut SyncReport) {
+    let mut s = Summary::default();
+    for o in &report.objects {
+        match &o.result {
+            ObjectResult::Created => s.created += 1,
+            ObjectResult::Configured => s.configured += 1,
+            ObjectResult::Unchanged => s.unchanged += 1,
+            ObjectResult::Pruned => s.pruned += 1,
+            ObjectResult::Kept(_) => s.kept += 1,
+            ObjectResult::Skipped(_) => {}
+            ObjectResult::Failed(_) => s.failed += 1,
+        }
+        if o.drift_corrected {
+            s.drift_corrected += 1;
+        }
+        if o.health.as_ref().is_some_and(|h| !h.is_healthy()) {
+            s.unhealthy += 1;
+        }
+    }
+    s.managed = s.created + s.configured + s.unchanged;
+    report.summary = s;
+}
+
+/// Where the CLI keeps its git cache unless `--cache-dir` says otherwise.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kubesync")
+}
