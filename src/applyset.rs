@@ -88,12 +88,13 @@ impl Footprint {
     }
 
     fn annotations(&self, parent_namespace: &str) -> (String, String) {
-        let gks = self
+        let mut gks = self
             .group_kinds
             .iter()
             .map(GroupKind::applyset_form)
-            .collect::<Vec<_>>()
-            .join(",");
+            .collect::<Vec<_>>();
+        gks.sort();
+        let gks = gks.join(",");
         let namespaces = self
             .namespaces
             .iter()
@@ -401,6 +402,18 @@ mod tests {
         };
         let (gks, namespaces) = fp.annotations("default");
         assert_eq!(gks, "ConfigMap,Deployment.apps");
+        let fp = Footprint {
+            group_kinds: ["Service", "Deployment.apps", "ConfigMap"]
+                .iter()
+                .filter_map(|s| GroupKind::parse_applyset_form(s))
+                .collect(),
+            namespaces: Default::default(),
+        };
+        assert_eq!(
+            fp.annotations("default").0,
+            "ConfigMap,Deployment.apps,Service",
+            "sorted as written"
+        );
         assert_eq!(namespaces, "batch,web");
     }
 }

@@ -1,4 +1,5 @@
 //! Integration tests against the local control plane (`eval "$(tests/testbed/up)"` first).
 mod support;
 
+mod engine;
 mod testbed;
