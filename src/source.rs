@@ -314,7 +314,10 @@ fn git_checkout(
         };
         let mut options = git2::FetchOptions::new();
         options.remote_callbacks(callbacks(&spec.auth, &host_check, &host_failure, deadline));
-        options.depth(1);
+        // libgit2's local transport cannot fetch shallowly; everything else can.
+        if !spec.url.starts_with("file://") {
+            options.depth(1);
+        }
         options.download_tags(git2::AutotagOption::None);
         if let Err(e) = remote.fetch(&[refspec.as_str()], Some(&mut options), None) {
             return Err(map_failure(e, &host_failure, &url, deadline, spec.timeout));

@@ -209,10 +209,7 @@ pub async fn sync_source(
                     ..Default::default()
                 };
                 report.fetch_duration = Some(fetch_started.elapsed());
-                report.fail(
-                    "source",
-                    format!("fetching {}: {e}", source::redact_url(&spec.url)),
-                );
+                report.fail("source", format!("fetch failed: {e}"));
                 report.prune_blocked = Some(PruneBlocked::Failure);
                 report.duration_seconds = started.elapsed().as_secs_f64();
                 warn!(error = %e, "fetch failed");

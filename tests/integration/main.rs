@@ -2,4 +2,5 @@
 mod support;
 
 mod engine;
+mod git;
 mod testbed;
