@@ -332,6 +332,9 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
         };
         writeln!(out, "{} {what}{suffix}", o.object)?;
     }
+    for w in &report.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     for e in &report.errors {
         writeln!(out, "error: {e}")?;
     }

@@ -376,12 +376,6 @@ pub enum PlanError {
         object: String,
         api_version: String,
     },
-    #[error("{origin}: {object}: {kind} is cluster-scoped and must not set metadata.namespace")]
-    NamespaceOnClusterScoped {
-        origin: Origin,
-        object: String,
-        kind: String,
-    },
     #[error("{object} is defined twice: in {first} and in {second}")]
     Duplicate {
         object: String,
@@ -411,6 +405,8 @@ pub struct Plan {
     pub objects: Vec<PlannedObject>,
     pub deferred: Vec<DeferredObject>,
     pub errors: Vec<PlanError>,
+    /// Problems that do not stop the sync.
+    pub warnings: Vec<String>,
 }
 
 impl Plan {
@@ -479,13 +475,12 @@ pub fn plan(manifests: Vec<Manifest>, discovery: &Discovery, ctx: &PlanContext) 
             continue;
         }
         let namespaced = key_namespaced.unwrap_or(true);
-        if !namespaced && manifest.namespace.is_some() {
-            plan.errors.push(PlanError::NamespaceOnClusterScoped {
-                origin: manifest.origin.clone(),
-                object,
-                kind: manifest.kind.clone(),
-            });
-            continue;
+        if !namespaced && let Some(ns) = &manifest.namespace {
+            // The API server ignores it too; say so rather than fail the sync.
+            plan.warnings.push(format!(
+                "{}: {object}: {} is cluster-scoped; metadata.namespace {ns} is not sent",
+                manifest.origin, manifest.kind
+            ));
         }
         let namespace = namespaced.then(|| {
             manifest
@@ -739,7 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_scoped_objects_must_not_set_a_namespace() {
+    fn cluster_scoped_objects_are_sent_without_a_namespace() {
         let plan = plan(
             manifests(
                 "ns.yaml",
@@ -748,10 +743,18 @@ mod tests {
             &discovery(),
             &ctx(),
         );
-        assert!(matches!(
-            plan.errors[0],
-            PlanError::NamespaceOnClusterScoped { .. }
-        ));
+        assert!(plan.errors.is_empty());
+        assert!(
+            plan.warnings[0].contains("cluster-scoped"),
+            "{:?}",
+            plan.warnings
+        );
+        assert_eq!(plan.objects[0].key.namespace, None);
+        assert!(
+            plan.objects[0].desired["metadata"]
+                .get("namespace")
+                .is_none()
+        );
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub struct SyncReport {
     pub objects: Vec<ObjectReport>,
     /// Errors that are not about one applied object (source, parse, plan, inventory).
     pub errors: Vec<String>,
+    /// Problems that did not stop the sync.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub prune_blocked: Option<PruneBlocked>,
     pub summary: Summary,
     pub duration_seconds: f64,
@@ -337,6 +340,7 @@ async fn run_pipeline(
         applyset_id: parent.id(),
     };
     let mut the_plan = plan::plan(loaded, &discovery, &ctx);
+    report.warnings.append(&mut the_plan.warnings);
     if !the_plan.errors.is_empty() {
         for e in &the_plan.errors {
             report.fail("plan", e.to_string());
@@ -468,6 +472,7 @@ async fn run_pipeline(
                 Ok(discovery) => {
                     let resolved =
                         plan::resolve_deferred(std::mem::take(&mut deferred), &discovery, &ctx);
+                    report.warnings.extend(resolved.warnings.iter().cloned());
                     for e in &resolved.errors {
                         report.fail("plan", e.to_string());
                     }

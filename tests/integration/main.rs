@@ -2,5 +2,6 @@
 mod support;
 
 mod engine;
+mod flux;
 mod git;
 mod testbed;
