@@ -108,12 +108,15 @@ impl GitDaemon {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("git daemon starts (is git installed?)");
+        let mut daemon = GitDaemon { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return GitDaemon { child, port };
+                return daemon;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
         panic!("git daemon did not listen on 127.0.0.1:{port}");
     }
 }
