@@ -67,19 +67,23 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let client = self.client.clone();
-        // Drop cannot be async: delete from a short-lived runtime on its own thread.
+        // Drop cannot be async: delete from a short-lived runtime on its own thread, with a client
+        // of its own (the test's client is served by the test's runtime, which waits for us here).
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             if let Ok(rt) = rt {
                 rt.block_on(async move {
-                    let _ = tokio::time::timeout(
+                    let client = client().await;
+                    let deleted = tokio::time::timeout(
                         Duration::from_secs(10),
                         Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()),
                     )
                     .await;
+                    if !matches!(deleted, Ok(Ok(_))) {
+                        eprintln!("warning: test namespace {name} was not deleted: {deleted:?}");
+                    }
                 });
             }
         })
