@@ -477,7 +477,12 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("parse error").trim();
     let first = first.split(" at line ").next().unwrap_or(first);
-    truncate(first, 200)
+    // The parser suggests a code-level option; users need the reason instead.
+    let first = match first.split_once(", set DuplicateKeyPolicy") {
+        Some((head, _)) => format!("{head} (the second value would silently win; remove one)"),
+        None => first.to_string(),
+    };
+    truncate(&first, 200)
 }
 
 fn truncate(s: &str, max: usize) -> String {
