@@ -2,6 +2,8 @@
 mod support;
 
 mod engine;
+mod fixtures;
 mod flux;
 mod git;
+mod ssh;
 mod testbed;
