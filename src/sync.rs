@@ -575,7 +575,6 @@ async fn run_pipeline(
             client,
             &parent,
             &desired_footprint,
-            &inventory,
             &desired_keys,
             &[],
             options,
@@ -647,7 +646,6 @@ async fn run_pipeline(
         client,
         &parent,
         &desired_footprint,
-        &inventory,
         &desired_keys,
         &remaining,
         options,
@@ -669,12 +667,10 @@ fn prune_candidates(
 }
 
 /// Narrows the parent to what the set now holds: the desired objects plus those left in place.
-#[allow(clippy::too_many_arguments)]
 async fn finish_parent(
     client: &Client,
     parent: &Parent,
     desired: &Footprint,
-    inventory: &Inventory,
     desired_keys: &BTreeSet<ObjectKey>,
     remaining: &[ObjectKey],
     options: &SyncOptions,
@@ -690,7 +686,6 @@ async fn finish_parent(
             footprint.namespaces.insert(ns.clone());
         }
     }
-    let _ = inventory;
     match applyset::read_parent(client, parent).await {
         Ok(state) if state.footprint == footprint => {}
         _ => {
