@@ -109,15 +109,8 @@ impl GitDaemon {
             .spawn()
             .expect("git daemon starts (is git installed?)");
         let mut daemon = GitDaemon { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return daemon;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = daemon.child.kill();
-        let _ = daemon.child.wait();
-        panic!("git daemon did not listen on 127.0.0.1:{port}");
+        crate::support::wait_for_listener(&mut daemon.child, port, "git daemon");
+        daemon
     }
 }
 

@@ -52,15 +52,8 @@ fn start_sshd() -> Sshd {
         .spawn()
         .expect("sshd starts (openssh-server installed?)");
     let mut sshd = Sshd { child, port, dir };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return sshd;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = sshd.child.kill();
-    let _ = sshd.child.wait();
-    panic!("sshd did not listen on 127.0.0.1:{port}");
+    crate::support::wait_for_listener(&mut sshd.child, port, "sshd");
+    sshd
 }
 
 fn known_hosts_line(sshd: &Sshd, pubkey_file: &str) -> String {

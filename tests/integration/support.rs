@@ -114,3 +114,17 @@ where
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Waits until a server just spawned listens on 127.0.0.1:`port`; otherwise stops and reaps it and
+/// fails the test, naming `what`.
+pub fn wait_for_listener(child: &mut std::process::Child, port: u16, what: &str) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not listen on 127.0.0.1:{port}");
+}
