@@ -132,20 +132,50 @@ async fn clean_up(ns: &TestNamespace, name: &str) {
         "cleaning up {name}: {:?}",
         report.errors
     );
-    // The next folder may create the same namespace: wait until pruned ones are gone.
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+    // The next sync may create the same object again. Objects with finalizers (namespaces, volume
+    // claims and volumes, whose protection finalizers the controller-manager removes) outlive the
+    // prune for a while: wait until they are gone, or a re-create would patch the terminating one.
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
     for o in report
         .objects
         .iter()
         .filter(|o| o.result == ObjectResult::Pruned)
     {
-        if let Some(gone) = o.object.strip_prefix("namespace/") {
-            for _ in 0..240 {
-                if namespaces.get_opt(gone).await.ok().flatten().is_none() {
-                    break;
+        let (kind_name, namespace) = match o.object.split_once(" -n ") {
+            Some((k, n)) => (k, Some(n)),
+            None => (o.object.as_str(), None),
+        };
+        let Some((kind, name)) = kind_name.split_once('/') else {
+            continue;
+        };
+        for _ in 0..240 {
+            let present = match (kind, namespace) {
+                ("namespace", None) => Api::<Namespace>::all(ns.client.clone())
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                ("persistentvolume", None) => Api::<PersistentVolume>::all(ns.client.clone())
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                ("persistentvolumeclaim", Some(n)) => {
+                    Api::<PersistentVolumeClaim>::namespaced(ns.client.clone(), n)
+                        .get_opt(name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some()
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                _ => false,
+            };
+            if !present {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }
