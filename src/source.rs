@@ -217,13 +217,27 @@ fn init_git(timeout: Duration) {
             let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
             let _ = git2::opts::set_verify_owner_validation(false);
         }
-        // Find the system's CA certificates for https (the vendored OpenSSL has no default path).
-        for file in [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-            "/etc/ssl/cert.pem",
-        ] {
-            if Path::new(file).is_file() {
+        // CA certificates for https: $SSL_CERT_FILE when set (OpenSSL's convention, for a private
+        // CA), else the system's bundle (the vendored OpenSSL has no default path of its own).
+        let from_env = std::env::var("SSL_CERT_FILE")
+            .ok()
+            .filter(|f| !f.is_empty());
+        if let Some(file) = from_env.as_deref().filter(|f| !Path::new(f).is_file()) {
+            tracing::warn!(
+                file,
+                "SSL_CERT_FILE names no file; using the system's CA certificates"
+            );
+        }
+        let candidates = from_env.into_iter().chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(String::from),
+        );
+        for file in candidates {
+            if Path::new(&file).is_file() {
                 // SAFETY: as above, once before other git2 use.
                 let _ = unsafe { git2::opts::set_ssl_cert_file(file) };
                 break;

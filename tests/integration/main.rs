@@ -5,5 +5,6 @@ mod engine;
 mod fixtures;
 mod flux;
 mod git;
+mod https;
 mod ssh;
 mod testbed;
