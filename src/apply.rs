@@ -159,7 +159,10 @@ pub async fn apply_stage(
     options: &ApplyOptions,
 ) -> Vec<ApplyOutcome> {
     use futures::StreamExt;
-    let mut outcomes: Vec<ApplyOutcome> = futures::stream::iter(objects.iter().map(|planned| {
+    // Indices, not references, go through the closure: a closure taking `&PlannedObject` makes the
+    // stream's future not provably Send (rustc's higher-ranked lifetime limitation).
+    let mut outcomes: Vec<ApplyOutcome> = futures::stream::iter((0..objects.len()).map(|i| {
+        let planned = &objects[i];
         let before = live.get(&planned.key).map(|l| l.object.clone());
         async move {
             let result = tokio::time::timeout(

@@ -45,6 +45,25 @@ impl Parent {
         }
     }
 
+    /// The controller's parent: the GitSync object itself.
+    pub fn git_sync(name: &str, namespace: &str) -> Parent {
+        Parent {
+            resource: ApiResource {
+                group: crate::crd::GROUP.into(),
+                version: crate::crd::VERSION.into(),
+                api_version: format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+                kind: "GitSync".into(),
+                plural: "gitsyncs".into(),
+            },
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn is_secret(&self) -> bool {
+        self.resource.kind == "Secret" && self.resource.group.is_empty()
+    }
+
     /// `applyset-` + base64url(sha256(`<name>.<namespace>.<Kind>.<group>`)) + `-v1`.
     pub fn id(&self) -> String {
         applyset_id(
@@ -239,20 +258,36 @@ pub async fn write_parent(
             }
         }
     });
-    if parent.resource.kind == "Secret" && parent.resource.group.is_empty() {
+    if parent.is_secret() {
         body["type"] = json!("Opaque");
     }
-    let params = PatchParams::apply(&format!("{field_manager}-applyset")).force();
-    parent
-        .api(client)
-        .patch(&parent.name, &params, &Patch::Apply(&body))
-        .await
-        .map_err(|source| ApplySetError::WriteParent {
-            kind: parent.resource.kind.clone(),
-            namespace: parent.namespace.clone(),
-            name: parent.name.clone(),
-            source,
-        })?;
+    let manager = format!("{field_manager}-applyset");
+    // A Secret parent is created by the first sync (server-side apply). Any other parent (a
+    // GitSync) is the user's object: it is only merged into, so a parent deleted during a sync
+    // fails the write instead of being re-created empty.
+    let result = if parent.is_secret() {
+        let params = PatchParams::apply(&manager).force();
+        parent
+            .api(client)
+            .patch(&parent.name, &params, &Patch::Apply(&body))
+            .await
+    } else {
+        let params = PatchParams {
+            field_manager: Some(manager),
+            ..Default::default()
+        };
+        let metadata = json!({"metadata": body["metadata"].clone()});
+        parent
+            .api(client)
+            .patch(&parent.name, &params, &Patch::Merge(&metadata))
+            .await
+    };
+    result.map_err(|source| ApplySetError::WriteParent {
+        kind: parent.resource.kind.clone(),
+        namespace: parent.namespace.clone(),
+        name: parent.name.clone(),
+        source,
+    })?;
     Ok(())
 }
 

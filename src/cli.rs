@@ -32,6 +32,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// Print the objects exactly as a sync would apply them, as YAML.
     Render(SourceArgs),
+    /// Run in the cluster: sync every GitSync, serve metrics, probes, webhooks and the status page.
+    Controller(ControllerArgs),
+    /// Print the GitSync CustomResourceDefinition as YAML.
+    Crd,
     /// Print the version and exit.
     Version,
 }
@@ -145,6 +149,46 @@ pub struct DiffArgs {
     pub no_prune: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ControllerArgs {
+    /// Address of the HTTP listener (metrics, probes, webhooks, status page).
+    #[arg(long, env = "KUBESYNC_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Watch GitSyncs in this namespace only. Default: all namespaces.
+    #[arg(long, env = "KUBESYNC_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Where fetched repositories are cached (an emptyDir in the chart).
+    #[arg(long, env = "KUBESYNC_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// known_hosts used for SSH remotes whose Secret has no `known_hosts` key.
+    #[arg(long, env = "KUBESYNC_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+    /// Field manager for server-side apply.
+    #[arg(long, env = "KUBESYNC_FIELD_MANAGER", default_value = crate::FIELD_MANAGER)]
+    pub field_manager: String,
+    /// GitSyncs synced at the same time.
+    #[arg(long, env = "KUBESYNC_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Elect a leader with a Lease, so that of several replicas only one syncs.
+    #[arg(long, env = "KUBESYNC_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "KUBESYNC_LEASE_NAME", default_value = "kubesync")]
+    pub lease_name: String,
+    /// Namespace of the Lease. Default: the pod's ($POD_NAMESPACE), else the kubeconfig's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events. Default: $POD_NAME, else host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context.
+    #[arg(long, env = "KUBESYNC_CONTEXT")]
+    pub context: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
@@ -197,6 +241,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sync(args) => run_sync(args).await,
         Command::Diff(args) => run_diff(args).await,
         Command::Render(args) => run_render(args).await,
+        Command::Controller(args) => run_controller(args).await,
+        Command::Crd => match crate::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(anyhow::anyhow!("rendering the CRD: {e}")),
+        },
     };
     match result {
         Ok(code) => code,
@@ -214,13 +266,18 @@ struct Prepared {
     options: SyncOptions,
 }
 
-async fn prepare(source: &SourceArgs, apply: &ApplyArgs) -> anyhow::Result<Prepared> {
+/// The client configuration: `--kubeconfig`, `--context`, else $KUBECONFIG, ~/.kube/config or
+/// the pod's service account.
+async fn kube_config(
+    kubeconfig: Option<&PathBuf>,
+    context: Option<&String>,
+) -> anyhow::Result<kube::Config> {
     use anyhow::Context;
     let kube_options = kube::config::KubeConfigOptions {
-        context: source.context.clone(),
+        context: context.cloned(),
         ..Default::default()
     };
-    let config = match &source.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -228,13 +285,55 @@ async fn prepare(source: &SourceArgs, apply: &ApplyArgs) -> anyhow::Result<Prepa
                 .await
                 .context("loading kubeconfig")?
         }
-        None if source.context.is_some() => kube::Config::from_kubeconfig(&kube_options)
+        None if context.is_some() => kube::Config::from_kubeconfig(&kube_options)
             .await
             .context("loading kubeconfig")?,
         None => kube::Config::infer()
             .await
             .context("finding a cluster (kubeconfig or in-cluster)")?,
     };
+    Ok(config)
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let config = kube_config(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
+    let default_namespace = config.default_namespace.clone();
+    let client =
+        kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "kubesync".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let settings = crate::controller::ControllerConfig {
+        namespace: args.watch_namespace.clone(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::sync::default_cache_dir),
+        known_hosts: args.known_hosts.clone(),
+        field_manager: args.field_manager.clone(),
+        concurrency: args.concurrency.max(1),
+        identity,
+    };
+    let process = crate::controller::ProcessConfig {
+        http_addr: args.http_addr,
+        lease: args.leader_election.then(|| {
+            (
+                args.lease_name.clone(),
+                args.lease_namespace.clone().unwrap_or(default_namespace),
+            )
+        }),
+    };
+    crate::controller::run_process(client, config, settings, process).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prepare(source: &SourceArgs, apply: &ApplyArgs) -> anyhow::Result<Prepared> {
+    use anyhow::Context;
+    let config = kube_config(source.kubeconfig.as_ref(), source.context.as_ref()).await?;
     let namespace = source
         .namespace
         .clone()

@@ -5,9 +5,14 @@
 pub mod apply;
 pub mod applyset;
 pub mod cli;
+pub mod controller;
+pub mod crd;
 pub mod error;
 pub mod health;
+pub mod http;
+pub mod lease;
 pub mod manifests;
+pub mod metrics;
 pub mod plan;
 pub mod prune;
 pub mod source;

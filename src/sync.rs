@@ -35,6 +35,11 @@ pub struct SyncOptions {
     pub propagation: PropagationPolicy,
     pub concurrency: usize,
     pub request_timeout: Duration,
+    /// The ApplySet parent. None: a Secret named `name` in the default namespace (the CLI's).
+    pub parent: Option<Parent>,
+    /// Set to true to stop the sync at the next stage boundary before apply. Once apply has
+    /// begun, the sync runs through prune, so a stop never leaves a half-pruned set.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl SyncOptions {
@@ -54,6 +59,36 @@ impl SyncOptions {
             propagation: PropagationPolicy::Background,
             concurrency: 16,
             request_timeout: Duration::from_secs(30),
+            parent: None,
+            stop: None,
+        }
+    }
+
+    /// The ApplySet parent this sync records its set on.
+    pub fn parent(&self) -> Parent {
+        self.parent
+            .clone()
+            .unwrap_or_else(|| Parent::secret(&self.name, &self.default_namespace))
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+}
+
+/// The clients of one sync: `apply` reads and changes the managed objects (in the controller, it
+/// impersonates the GitSync's ServiceAccount); `parent` reads and writes the ApplySet parent.
+#[derive(Clone)]
+pub struct Clients {
+    pub apply: Client,
+    pub parent: Client,
+}
+
+impl Clients {
+    pub fn single(client: &Client) -> Clients {
+        Clients {
+            apply: client.clone(),
+            parent: client.clone(),
         }
     }
 }
@@ -199,6 +234,16 @@ pub async fn sync_source(
     cache_dir: &std::path::Path,
     options: &SyncOptions,
 ) -> SyncReport {
+    sync_source_with(&Clients::single(client), spec, cache_dir, options).await
+}
+
+/// [`sync_source`] with separate clients for the managed objects and the ApplySet parent.
+pub async fn sync_source_with(
+    clients: &Clients,
+    spec: &SourceSpec,
+    cache_dir: &std::path::Path,
+    options: &SyncOptions,
+) -> SyncReport {
     let started = Instant::now();
     let span = info_span!("sync", sync = %options.name, revision = tracing::field::Empty);
     async {
@@ -221,7 +266,7 @@ pub async fn sync_source(
         };
         let fetch_duration = fetch_started.elapsed();
         tracing::Span::current().record("revision", checkout.revision.as_str());
-        let mut report = sync_checkout(client, &checkout, options).await;
+        let mut report = sync_checkout_with(clients, &checkout, options).await;
         report.fetch_duration = Some(fetch_duration);
         report.duration_seconds = started.elapsed().as_secs_f64();
         report
@@ -241,7 +286,7 @@ pub async fn render(
     let discovery = Discovery::run(client)
         .await
         .map_err(|e| vec![e.to_string()])?;
-    let parent = Parent::secret(&options.name, &options.default_namespace);
+    let parent = options.parent();
     let ctx = PlanContext {
         default_namespace: options.default_namespace.clone(),
         applyset_id: parent.id(),
@@ -283,6 +328,15 @@ pub async fn sync_checkout(
     checkout: &Checkout,
     options: &SyncOptions,
 ) -> SyncReport {
+    sync_checkout_with(&Clients::single(client), checkout, options).await
+}
+
+/// [`sync_checkout`] with separate clients for the managed objects and the ApplySet parent.
+pub async fn sync_checkout_with(
+    clients: &Clients,
+    checkout: &Checkout,
+    options: &SyncOptions,
+) -> SyncReport {
     let started = Instant::now();
     let mut report = SyncReport {
         name: options.name.clone(),
@@ -292,7 +346,7 @@ pub async fn sync_checkout(
         dry_run: options.dry_run,
         ..Default::default()
     };
-    run_pipeline(client, checkout, options, &mut report).await;
+    run_pipeline(clients, checkout, options, &mut report).await;
     if !options.prune && report.prune_blocked.is_none() {
         report.prune_blocked = Some(PruneBlocked::Disabled);
     }
@@ -309,11 +363,15 @@ pub async fn sync_checkout(
 }
 
 async fn run_pipeline(
-    client: &Client,
+    clients: &Clients,
     checkout: &Checkout,
     options: &SyncOptions,
     report: &mut SyncReport,
 ) {
+    let client = &clients.apply;
+    if stopped(options, report) {
+        return;
+    }
     // Manifests: any error fails the sync before anything is applied.
     let loaded = match manifests::load(&checkout.dir, &options.paths) {
         Ok(m) => m,
@@ -325,6 +383,9 @@ async fn run_pipeline(
             return;
         }
     };
+    if stopped(options, report) {
+        return;
+    }
     // Plan.
     let discovery = match Discovery::run(client).await {
         Ok(d) => d,
@@ -334,7 +395,7 @@ async fn run_pipeline(
             return;
         }
     };
-    let parent = Parent::secret(&options.name, &options.default_namespace);
+    let parent = options.parent();
     let ctx = PlanContext {
         default_namespace: options.default_namespace.clone(),
         applyset_id: parent.id(),
@@ -349,7 +410,10 @@ async fn run_pipeline(
         return;
     }
     // ApplySet parent: widen to old ∪ new before applying anything.
-    let parent_state = match applyset::read_parent(client, &parent).await {
+    if stopped(options, report) {
+        return;
+    }
+    let parent_state = match applyset::read_parent(&clients.parent, &parent).await {
         Ok(s) => s,
         Err(e) => {
             report.fail("applyset", e.to_string());
@@ -365,6 +429,17 @@ async fn run_pipeline(
     let widened = parent_state.footprint.union(&desired_footprint);
     // The parent lives in the default namespace; when Git creates that namespace, create it first.
     let mut outcomes: Vec<ApplyOutcome> = Vec::new();
+    if !parent_state.exists && !parent.is_secret() {
+        report.fail(
+            "applyset",
+            format!(
+                "ApplySet parent {} {}/{} does not exist",
+                parent.resource.kind, parent.namespace, parent.name
+            ),
+        );
+        report.prune_blocked = Some(PruneBlocked::Failure);
+        return;
+    }
     if !parent_state.exists && !options.dry_run {
         let own_namespace = the_plan.objects.iter().position(|o| {
             o.key.group.is_empty() && o.key.kind == "Namespace" && o.key.name == parent.namespace
@@ -406,7 +481,7 @@ async fn run_pipeline(
     if !options.dry_run
         && parent_outdated
         && let Err(e) =
-            applyset::write_parent(client, &parent, &widened, &options.field_manager).await
+            applyset::write_parent(&clients.parent, &parent, &widened, &options.field_manager).await
     {
         report.fail("applyset", e.to_string());
         report.prune_blocked = Some(PruneBlocked::Failure);
@@ -572,7 +647,7 @@ async fn run_pipeline(
     let candidates = prune_candidates(&inventory, &desired_keys);
     if candidates.is_empty() {
         finish_parent(
-            client,
+            &clients.parent,
             &parent,
             &desired_footprint,
             &desired_keys,
@@ -643,7 +718,7 @@ async fn run_pipeline(
         });
     }
     finish_parent(
-        client,
+        &clients.parent,
         &parent,
         &desired_footprint,
         &desired_keys,
@@ -652,6 +727,16 @@ async fn run_pipeline(
         report,
     )
     .await;
+}
+
+/// Records a stop requested before apply began; the sync then ends without applying or pruning.
+fn stopped(options: &SyncOptions, report: &mut SyncReport) -> bool {
+    if options.stopping() {
+        report.fail("stopped", "stopped before apply (shutting down)".into());
+        report.prune_blocked = Some(PruneBlocked::Failure);
+        return true;
+    }
+    false
 }
 
 fn prune_candidates(

@@ -1,0 +1,1010 @@
+//! The in-cluster controller: each GitSync is synced by the same engine as `kubesync sync`, with
+//! the GitSync itself as ApplySet parent. Status, Events and metrics report every sync.
+//!
+//! A reconcile decides first whether a sync is due (spec changed, `kubesync.dev/requestedAt`
+//! changed, interval elapsed, or a failure's backoff elapsed); otherwise it only requeues. So the
+//! watch events that our own status writes cause never start a sync.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::applyset::Parent;
+use crate::crd::{GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry, SyncSummary};
+use crate::metrics::Metrics;
+use crate::source::{Auth, SourceSpec};
+use crate::sync::{Clients, ObjectResult, SyncOptions, SyncReport};
+
+/// Settings of the controller process.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Watch GitSyncs in this namespace only (None: all namespaces).
+    pub namespace: Option<String>,
+    pub cache_dir: PathBuf,
+    /// known_hosts used when a GitSync's Secret has no `known_hosts` key.
+    pub known_hosts: Option<PathBuf>,
+    pub field_manager: String,
+    /// GitSyncs synced at the same time.
+    pub concurrency: u16,
+    /// Name of this replica (Events, Lease).
+    pub identity: String,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    /// The controller's own client configuration, from which impersonating clients are built.
+    pub kube_config: kube::Config,
+    pub metrics: Arc<Metrics>,
+    pub config: ControllerConfig,
+    recorder: Recorder,
+    /// Per GitSync (`namespace/name`): consecutive failures, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    impersonating: Mutex<HashMap<String, Client>>,
+    stop: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("writing status of GitSync {sync}: {}", crate::error::kube_message(.source))]
+    Status {
+        sync: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Condition reasons (kstatus).
+mod reason {
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "SyncFailed";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SUSPENDED: &str = "Suspended";
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        kube_config: kube::Config,
+        metrics: Arc<Metrics>,
+        config: ControllerConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kubesync".into(),
+                instance: Some(config.identity.clone()),
+            },
+        );
+        Context {
+            client,
+            kube_config,
+            metrics,
+            config,
+            recorder,
+            failures: Mutex::new(HashMap::new()),
+            impersonating: Mutex::new(HashMap::new()),
+            stop,
+        }
+    }
+
+    /// A client that acts as `system:serviceaccount:<namespace>:<name>`.
+    fn impersonating(&self, namespace: &str, service_account: &str) -> Result<Client, String> {
+        let user = format!("system:serviceaccount:{namespace}:{service_account}");
+        let mut cache = self.impersonating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&user) {
+            return Ok(c.clone());
+        }
+        let mut config = self.kube_config.clone();
+        config.auth_info.impersonate = Some(user.clone());
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ]);
+        let client =
+            Client::try_from(config).map_err(|e| format!("building a client for {user}: {e}"))?;
+        cache.insert(user, client.clone());
+        Ok(client)
+    }
+
+    fn failure_count(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_failures(&self, key: &str, count: u32) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if count == 0 {
+            failures.remove(key);
+        } else {
+            failures.insert(key.into(), count);
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight syncs stop at a stage boundary before
+/// apply, or finish through prune.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<GitSync> = match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(config)
+        .graceful_shutdown_on(shutdown)
+        // Boxed: the engine's future is Send, but rustc cannot prove it through the generic
+        // bounds of `run` without help.
+        .run(
+            |sync, ctx| -> futures::future::BoxFuture<'static, Result<Action, ControllerError>> {
+                Box::pin(reconcile(sync, ctx))
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => warn!(error = %other, "controller"),
+                }
+            }
+        })
+        .await;
+}
+
+fn error_policy(_sync: Arc<GitSync>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+    warn!(%error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn key_of(sync: &GitSync) -> String {
+    format!(
+        "{}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    )
+}
+
+/// ±10 % jitter around `interval`, different for each GitSync and each sync.
+fn jittered(interval: Duration, key: &str) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(key.as_bytes());
+    let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    interval.mul_f64(1.0 + 0.1 * unit)
+}
+
+/// Backoff after `failures` consecutive failures: 5 s doubling, never beyond the interval.
+fn backoff(failures: u32, interval: Duration) -> Duration {
+    let exp = Duration::from_secs(5).saturating_mul(1u32 << failures.saturating_sub(1).min(10));
+    exp.min(interval).max(Duration::from_secs(1))
+}
+
+/// Why a sync runs now, or how long until it is due.
+#[derive(Debug, PartialEq)]
+enum Due {
+    Now(&'static str),
+    In(Duration),
+}
+
+fn due(sync: &GitSync, interval: Duration, failures: u32, now: Timestamp) -> Due {
+    let status = sync.status.clone().unwrap_or_default();
+    if status.observed_generation != sync.metadata.generation {
+        return Due::Now("spec changed");
+    }
+    let requested = sync.annotations().get(REQUESTED_AT_ANNOTATION);
+    if requested.is_some() && requested != status.last_handled_requested_at.as_ref() {
+        return Due::Now("requested");
+    }
+    let Some(last) = status.last_sync_time else {
+        return Due::Now("never synced");
+    };
+    let wait = if failures > 0 {
+        backoff(failures, interval)
+    } else {
+        interval
+    };
+    let elapsed = now
+        .duration_since(last.0)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    if elapsed >= wait {
+        Due::Now(if failures > 0 { "retry" } else { "interval" })
+    } else {
+        Due::In(wait - elapsed)
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.chars().take(1024).collect(),
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+/// Keeps a condition's lastTransitionTime when its status did not change.
+fn merge_conditions(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
+    new.into_iter()
+        .map(|mut c| {
+            if let Some(prev) = old.iter().find(|o| o.type_ == c.type_)
+                && prev.status == c.status
+            {
+                c.last_transition_time = prev.last_transition_time.clone();
+            }
+            c
+        })
+        .collect()
+}
+
+async fn patch_status(
+    ctx: &Context,
+    sync: &GitSync,
+    status: serde_json::Value,
+) -> Result<(), ControllerError> {
+    let api: Api<GitSync> =
+        Api::namespaced(ctx.client.clone(), &sync.namespace().unwrap_or_default());
+    api.patch_status(
+        &sync.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(|source| ControllerError::Status {
+        sync: key_of(sync),
+        source,
+    })?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, sync: &GitSync, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &sync.object_ref(&())).await {
+        warn!(sync = %key_of(sync), error = %crate::error::kube_message(&e), "publishing an event");
+    }
+}
+
+async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let key = key_of(&sync);
+    let generation = sync.metadata.generation;
+    let old_status = sync.status.clone().unwrap_or_default();
+    ctx.metrics.set_suspended(&key, sync.spec.suspend);
+
+    if let Err(e) = sync.spec.validate() {
+        let message = e.to_string();
+        if old_status.observed_generation != generation
+            || old_status.last_error.as_deref() != Some(&message)
+        {
+            publish(
+                &ctx,
+                &sync,
+                EventType::Warning,
+                reason::INVALID_SPEC,
+                message.clone(),
+            )
+            .await;
+        }
+        let conditions = merge_conditions(
+            &old_status.conditions,
+            vec![
+                condition("Ready", false, reason::INVALID_SPEC, &message, generation),
+                condition("Reconciling", false, reason::INVALID_SPEC, "", generation),
+                condition("Stalled", true, reason::INVALID_SPEC, &message, generation),
+            ],
+        );
+        patch_status(
+            &ctx,
+            &sync,
+            json!({"observedGeneration": generation, "conditions": conditions, "lastError": message}),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    let (Ok(interval), Ok(timeout)) = (sync.spec.interval(), sync.spec.timeout()) else {
+        return Ok(Action::await_change());
+    };
+    if sync.spec.suspend {
+        if old_status.observed_generation != generation {
+            let mut conditions: Vec<Condition> = old_status
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == "Ready")
+                .cloned()
+                .collect();
+            conditions.push(condition(
+                "Reconciling",
+                false,
+                reason::SUSPENDED,
+                "suspended",
+                generation,
+            ));
+            conditions.push(condition(
+                "Stalled",
+                false,
+                reason::SUSPENDED,
+                "",
+                generation,
+            ));
+            let conditions = merge_conditions(&old_status.conditions, conditions);
+            patch_status(
+                &ctx,
+                &sync,
+                json!({"observedGeneration": generation, "conditions": conditions}),
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let failures = ctx.failure_count(&key);
+    let why = match due(&sync, interval, failures, Timestamp::now()) {
+        Due::In(wait) => return Ok(Action::requeue(wait)),
+        Due::Now(why) => why,
+    };
+    if *ctx.stop.borrow() {
+        return Ok(Action::await_change());
+    }
+    info!(sync = %key, why, "sync due");
+    // Reconciling while the sync runs.
+    let mut progressing = old_status.conditions.clone();
+    progressing.retain(|c| c.type_ != "Reconciling");
+    progressing.push(condition(
+        "Reconciling",
+        true,
+        reason::PROGRESSING,
+        &format!("syncing ({why})"),
+        generation,
+    ));
+    patch_status(
+        &ctx,
+        &sync,
+        json!({"conditions": merge_conditions(&old_status.conditions, progressing)}),
+    )
+    .await?;
+
+    let report = run_sync(&ctx, &sync, timeout).await;
+    let managed = report
+        .objects
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.result,
+                ObjectResult::Created | ObjectResult::Configured | ObjectResult::Unchanged
+            )
+        })
+        .count() as i64;
+    let first_apply = report.succeeded()
+        && report.revision.is_some()
+        && report.revision != old_status.last_applied_revision;
+    ctx.metrics.record_sync(&key, &report, managed, first_apply);
+
+    let status = status_after(&sync, &old_status, &report, managed, generation);
+    patch_status(&ctx, &sync, status).await?;
+
+    let changed = report.summary.created + report.summary.configured + report.summary.pruned;
+    let revision = report
+        .revision
+        .as_deref()
+        .map(short)
+        .unwrap_or("unknown")
+        .to_string();
+    if !report.succeeded() {
+        let first = report.errors.first().cloned().unwrap_or_default();
+        publish(
+            &ctx,
+            &sync,
+            EventType::Warning,
+            reason::FAILED,
+            format!("revision {revision}: {first}"),
+        )
+        .await;
+    } else if changed > 0 {
+        let s = &report.summary;
+        publish(
+            &ctx,
+            &sync,
+            EventType::Normal,
+            "Synced",
+            format!(
+                "revision {revision}: {} created, {} configured, {} pruned, {} unchanged",
+                s.created, s.configured, s.pruned, s.unchanged
+            ),
+        )
+        .await;
+    }
+    if report.succeeded() {
+        ctx.set_failures(&key, 0);
+        Ok(Action::requeue(jittered(interval, &key)))
+    } else {
+        let failures = failures.saturating_add(1);
+        ctx.set_failures(&key, failures);
+        Ok(Action::requeue(backoff(failures, interval)))
+    }
+}
+
+use crate::crd::short_revision as short;
+
+fn status_after(
+    sync: &GitSync,
+    old: &GitSyncStatus,
+    report: &SyncReport,
+    managed: i64,
+    generation: Option<i64>,
+) -> serde_json::Value {
+    let ok = report.succeeded();
+    let first_error = report.errors.first().cloned().or_else(|| {
+        report.objects.iter().find_map(|o| match &o.result {
+            ObjectResult::Failed(r) => Some(format!("{}: {r}", o.object)),
+            _ => None,
+        })
+    });
+    let last_error = first_error.map(|e| {
+        let mut e: String = e.chars().take(1024).collect();
+        if e.len() >= 1024 {
+            e.push('…');
+        }
+        e
+    });
+    let stalled = matches!(report.failure, Some("manifests" | "plan"));
+    let ready_message = if ok {
+        format!(
+            "applied revision {}",
+            report.revision.as_deref().map(short).unwrap_or("?")
+        )
+    } else {
+        last_error.clone().unwrap_or_default()
+    };
+    let conditions = merge_conditions(
+        &old.conditions,
+        vec![
+            condition(
+                "Ready",
+                ok,
+                if ok {
+                    reason::SUCCEEDED
+                } else {
+                    reason::FAILED
+                },
+                &ready_message,
+                generation,
+            ),
+            condition(
+                "Reconciling",
+                false,
+                if ok {
+                    reason::SUCCEEDED
+                } else {
+                    reason::FAILED
+                },
+                "",
+                generation,
+            ),
+            condition(
+                "Stalled",
+                stalled,
+                if stalled {
+                    reason::FAILED
+                } else {
+                    reason::SUCCEEDED
+                },
+                if stalled { &ready_message } else { "" },
+                generation,
+            ),
+        ],
+    );
+    let now = Time(Timestamp::now());
+    let mut history = vec![SyncHistoryEntry {
+        revision: report.revision.clone(),
+        result: if ok { "Succeeded" } else { "Failed" }.into(),
+        duration_seconds: (report.duration_seconds * 1000.0).round() / 1000.0,
+        time: now.clone(),
+    }];
+    history.extend(old.history.iter().take(4).cloned());
+    let s = &report.summary;
+    let summary = SyncSummary {
+        managed: if ok {
+            managed
+        } else {
+            old.summary.as_ref().map(|s| s.managed).unwrap_or(managed)
+        },
+        applied: (s.created + s.configured) as i64,
+        pruned: s.pruned as i64,
+        failed: s.failed as i64,
+        drift_corrected: s.drift_corrected as i64,
+        unhealthy: s.unhealthy as i64,
+    };
+    let last_applied = if ok {
+        report.revision.clone()
+    } else {
+        old.last_applied_revision.clone()
+    };
+    json!({
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "lastAppliedRevision": last_applied,
+        "lastAttemptedRevision": report.revision.clone().or(old.last_attempted_revision.clone()),
+        "shortRevision": last_applied.as_deref().map(short),
+        "lastSyncTime": now,
+        "lastHandledRequestedAt": sync.annotations().get(REQUESTED_AT_ANNOTATION),
+        "summary": summary,
+        "history": history,
+        "lastError": last_error,
+    })
+}
+
+/// Fetches credentials, builds the clients and runs the engine.
+async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncReport {
+    let namespace = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let fail = |category: &'static str, message: String| {
+        let mut report = SyncReport {
+            name: name.clone(),
+            errors: vec![message],
+            failure: Some(category),
+            prune_blocked: Some(crate::sync::PruneBlocked::Failure),
+            ..Default::default()
+        };
+        report.revision = None;
+        report
+    };
+    let work_dir = ctx.config.cache_dir.join(&namespace).join(&name);
+    let auth = match credentials(ctx, sync, &work_dir).await {
+        Ok(a) => a,
+        Err(message) => return fail("credentials", message),
+    };
+    let reference = match sync.spec.git_ref() {
+        Ok(r) => r,
+        Err(e) => return fail("spec", e.to_string()),
+    };
+    let spec = SourceSpec {
+        url: sync.spec.url.clone(),
+        reference,
+        auth,
+        timeout,
+    };
+    let apply_client = match &sync.spec.service_account_name {
+        Some(sa) => match ctx.impersonating(&namespace, sa) {
+            Ok(c) => c,
+            Err(message) => return fail("credentials", message),
+        },
+        None => ctx.client.clone(),
+    };
+    let clients = Clients {
+        apply: apply_client,
+        parent: ctx.client.clone(),
+    };
+    let mut options = SyncOptions::new(
+        &name,
+        sync.spec.target_namespace.as_deref().unwrap_or(&namespace),
+    );
+    options.paths = vec![sync.spec.path.clone()];
+    options.field_manager = ctx.config.field_manager.clone();
+    options.prune = sync.spec.prune;
+    options.wait = sync.spec.wait.then_some(timeout);
+    options.request_timeout = timeout.min(Duration::from_secs(60));
+    options.parent = Some(Parent::git_sync(&name, &namespace));
+    options.stop = Some(ctx.stop.clone());
+    crate::sync::sync_source_with(&clients, &spec, &work_dir.join("git"), &options).await
+}
+
+/// Reads the GitSync's Secret and writes the SSH key and known_hosts it holds to private files
+/// (libgit2 takes them as paths). Values never reach a message.
+async fn credentials(
+    ctx: &Context,
+    sync: &GitSync,
+    work_dir: &std::path::Path,
+) -> Result<Auth, String> {
+    let mut auth = Auth {
+        known_hosts: ctx.config.known_hosts.clone(),
+        ..Default::default()
+    };
+    let Some(secret_ref) = &sync.spec.secret_ref else {
+        return Ok(auth);
+    };
+    let namespace = sync.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| {
+            format!(
+                "reading Secret {namespace}/{}: {}",
+                secret_ref.name,
+                crate::error::kube_message(&e)
+            )
+        })?
+        .ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{} (spec.secretRef) does not exist",
+                secret_ref.name
+            )
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| -> Result<Option<String>, String> {
+        data.get(key)
+            .map(|v| {
+                String::from_utf8(v.0.clone()).map_err(|_| {
+                    format!(
+                        "Secret {namespace}/{}: key {key} is not UTF-8",
+                        secret_ref.name
+                    )
+                })
+            })
+            .transpose()
+    };
+    let dir = work_dir.join("credentials");
+    let write_private = |file: &str, content: &str| -> Result<PathBuf, String> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cache directory {}: {e}", dir.display()))?;
+        let path = dir.join(file);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let mut content = content.to_string();
+        if !content.ends_with('\n') {
+            content.push('\n');
+        }
+        f.write_all(content.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
+    };
+    if let Some(identity) = text("identity")? {
+        auth.ssh_key = Some(write_private("identity", &identity)?);
+    }
+    if let Some(known_hosts) = text("known_hosts")? {
+        auth.known_hosts = Some(write_private("known_hosts", &known_hosts)?);
+    }
+    auth.ssh_passphrase = text("passphrase")?;
+    auth.username = text("username")?;
+    auth.password = text("password")?.map(|p| p.trim_end_matches(['\r', '\n']).to_string());
+    Ok(auth)
+}
+
+/// Everything the `kubesync controller` process needs besides the engine's settings.
+#[derive(Clone, Debug)]
+pub struct ProcessConfig {
+    pub http_addr: std::net::SocketAddr,
+    /// Leader election: (lease name, lease namespace). None: this replica always syncs.
+    pub lease: Option<(String, String)>,
+}
+
+/// The controller process: HTTP listener, leader election, the reconcile loop, and a clean exit on
+/// SIGTERM or SIGINT (in-flight syncs stop at a stage boundary, the Lease is released).
+pub async fn run_process(
+    client: Client,
+    kube_config: kube::Config,
+    config: ControllerConfig,
+    process: ProcessConfig,
+) -> anyhow::Result<()> {
+    use crate::http::{HttpState, Readiness};
+    use std::sync::atomic::Ordering;
+
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("shutting down: finishing or stopping in-flight syncs");
+            readiness.shutting_down.store(true, Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http_state = Arc::new(HttpState::new(
+        client.clone(),
+        metrics.clone(),
+        readiness.clone(),
+        config.namespace.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(process.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", process.http_addr))?;
+    info!(addr = %process.http_addr, "HTTP listener: /metrics /healthz /readyz /hooks/<namespace>/<name> and the status page /");
+    let http = tokio::spawn({
+        let shutdown = stopped(stop_rx.clone());
+        async move {
+            axum::serve(listener, crate::http::router(http_state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    });
+
+    // The GitSync API must answer (the CRD installed, RBAC in place) before anything else.
+    let api: Api<GitSync> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    loop {
+        if *stop_rx.borrow() {
+            return Ok(());
+        }
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => break,
+            Err(e) => {
+                warn!(error = %crate::error::kube_message(&e), "cannot list GitSyncs (is the CRD installed?); retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    readiness.api_reachable.store(true, Ordering::Relaxed);
+
+    let mut elector = process.lease.as_ref().map(|(name, namespace)| {
+        crate::lease::Elector::new(
+            client.clone(),
+            crate::lease::LeaseConfig::new(name, namespace, &config.identity),
+        )
+    });
+    if let Some(elector) = elector.as_mut() {
+        let retry = elector.config().retry_period;
+        loop {
+            if *stop_rx.borrow() {
+                return Ok(());
+            }
+            match elector.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "leader election"),
+            }
+            readiness.leadership_known.store(true, Ordering::Relaxed);
+            tokio::time::sleep(retry).await;
+        }
+        info!(identity = %config.identity, lease = %elector.config().name, "became the leader");
+    }
+    readiness.leader.store(true, Ordering::Relaxed);
+    readiness.leadership_known.store(true, Ordering::Relaxed);
+
+    // The leader renews; if it cannot within the renew deadline, it stops at once, before any
+    // other replica may take over (the lease duration is longer than the deadline).
+    // It keeps renewing until the controller has finished its in-flight syncs.
+    let (done_tx, done_rx) = watch::channel(false);
+    let renewer = elector.map(|mut elector| {
+        tokio::spawn(async move {
+            let retry = elector.config().retry_period;
+            loop {
+                tokio::time::sleep(retry).await;
+                if *done_rx.borrow() {
+                    return elector;
+                }
+                match elector.try_acquire_or_renew().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!("leadership lost to another replica; exiting");
+                        std::process::exit(1);
+                    }
+                    Err(e) => warn!(error = %e, "renewing the lease"),
+                }
+                if elector.renewal_overdue() {
+                    tracing::error!("could not renew the lease in time; exiting");
+                    std::process::exit(1);
+                }
+            }
+        })
+    });
+
+    let ctx = Arc::new(Context::new(
+        client,
+        kube_config,
+        metrics,
+        config,
+        stop_rx.clone(),
+    ));
+    run(ctx, stopped(stop_rx.clone())).await;
+    info!("controller stopped");
+    let _ = done_tx.send(true);
+    if let Some(renewer) = renewer
+        && let Ok(mut elector) = renewer.await
+    {
+        match elector.release().await {
+            Ok(()) => info!("lease released"),
+            Err(e) => warn!(error = %e, "releasing the lease"),
+        }
+    }
+    let _ = http.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync_with(
+        status: Option<GitSyncStatus>,
+        generation: i64,
+        annotation: Option<&str>,
+    ) -> GitSync {
+        let mut s = GitSync::new(
+            "web",
+            serde_json::from_value(json!({"url": "https://example.org/r.git"})).expect("spec"),
+        );
+        s.metadata.namespace = Some("apps".into());
+        s.metadata.generation = Some(generation);
+        if let Some(a) = annotation {
+            s.metadata.annotations =
+                Some([(REQUESTED_AT_ANNOTATION.to_string(), a.to_string())].into());
+        }
+        s.status = status;
+        s
+    }
+
+    fn synced(at: Timestamp, requested: Option<&str>) -> GitSyncStatus {
+        GitSyncStatus {
+            observed_generation: Some(1),
+            last_sync_time: Some(Time(at)),
+            last_handled_requested_at: requested.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_sync_is_due_on_spec_change_request_interval_and_retry() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+        let minute = Duration::from_secs(60);
+        let after = |s: i64| {
+            t0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(s))
+                .expect("t")
+        };
+        assert_eq!(
+            due(&sync_with(None, 1, None), minute, 0, t0),
+            Due::Now("spec changed")
+        );
+        assert_eq!(
+            due(&sync_with(Some(synced(t0, None)), 2, None), minute, 0, t0),
+            Due::Now("spec changed")
+        );
+        assert_eq!(
+            due(
+                &sync_with(Some(synced(t0, None)), 1, None),
+                minute,
+                0,
+                after(20)
+            ),
+            Due::In(Duration::from_secs(40))
+        );
+        assert_eq!(
+            due(
+                &sync_with(Some(synced(t0, None)), 1, None),
+                minute,
+                0,
+                after(60)
+            ),
+            Due::Now("interval")
+        );
+        assert_eq!(
+            due(
+                &sync_with(Some(synced(t0, None)), 1, Some("a")),
+                minute,
+                0,
+                after(1)
+            ),
+            Due::Now("requested")
+        );
+        assert_eq!(
+            due(
+                &sync_with(Some(synced(t0, Some("a"))), 1, Some("a")),
+                minute,
+                0,
+                after(1)
+            ),
+            Due::In(Duration::from_secs(59))
+        );
+        // After 2 failures the backoff (10 s) decides, not the interval.
+        assert_eq!(
+            due(
+                &sync_with(Some(synced(t0, None)), 1, None),
+                minute,
+                2,
+                after(10)
+            ),
+            Due::Now("retry")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_interval() {
+        let interval = Duration::from_secs(60);
+        let steps: Vec<u64> = (1..=6).map(|n| backoff(n, interval).as_secs()).collect();
+        assert_eq!(steps, [5, 10, 20, 40, 60, 60]);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for i in 0..200 {
+            let d = jittered(Duration::from_secs(100), &format!("s{i}"));
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_holds() {
+        let old = vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Succeeded".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::from_second(1_700_000_000).expect("t")),
+        }];
+        let same = merge_conditions(
+            &old,
+            vec![condition("Ready", true, "Succeeded", "x", Some(1))],
+        );
+        assert_eq!(same[0].last_transition_time, old[0].last_transition_time);
+        let flipped = merge_conditions(
+            &old,
+            vec![condition("Ready", false, "SyncFailed", "x", Some(1))],
+        );
+        assert_ne!(flipped[0].last_transition_time, old[0].last_transition_time);
+    }
+}

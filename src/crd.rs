@@ -1,0 +1,363 @@
+//! The `GitSync` custom resource (`gitsyncs.kubesync.dev/v1alpha1`): spec and status types. The CRD
+//! YAML in `config/crd/` and in the chart is generated from these types (`kubesync crd`).
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::source::GitRef;
+
+pub const GROUP: &str = "kubesync.dev";
+pub const VERSION: &str = "v1alpha1";
+/// Annotate a GitSync with a new value to sync it at once (`kubectl annotate --overwrite`).
+pub const REQUESTED_AT_ANNOTATION: &str = "kubesync.dev/requestedAt";
+
+/// Keeps the objects of a Git repository's path applied in the cluster, and prunes what leaves Git.
+// Each printer column repeats `type_ = ...`; clippy takes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubesync.dev",
+    version = "v1alpha1",
+    kind = "GitSync",
+    namespaced,
+    doc = "GitSync keeps the objects of a path in a Git repository applied to the cluster with server-side apply, and prunes what leaves Git.",
+    status = "GitSyncStatus",
+    shortname = "gs",
+    category = "gitops",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.shortRevision"
+    ),
+    printcolumn(
+        name = "Objects",
+        type_ = "integer",
+        json_path = ".status.summary.managed"
+    ),
+    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSyncSpec {
+    /// Repository URL: `https://`, `ssh://`, `git@host:path`, `git://` or `file://`.
+    pub url: String,
+    /// What to sync: exactly one of branch, tag or commit. Default: branch `main`.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<GitSyncRef>,
+    /// Directory or file inside the repository.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// How often to sync (e.g. `30s`, `5m`, `1h`), with ±10 % jitter.
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+[smh])+$"))]
+    pub interval: String,
+    /// Time limit for one sync's fetch and apply requests.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+[smh])+$"))]
+    pub timeout: String,
+    /// Delete objects that left Git.
+    #[serde(default = "default_true")]
+    pub prune: bool,
+    /// Namespace for objects that set none. Default: the GitSync's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
+    /// Secret with keys `identity` and `known_hosts` (SSH), or `username` and `password` (HTTPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Secret with key `token`: the shared secret of push webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_ref: Option<LocalObjectReference>,
+    /// Apply as this ServiceAccount of the GitSync's namespace (impersonation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Stop syncing.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Ready only once the applied objects are healthy.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Exactly one of `branch`, `tag` or `commit`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct GitSyncRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// A full 40-hex commit id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{40}$"))]
+    pub commit: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+fn default_path() -> String {
+    ".".into()
+}
+fn default_interval() -> String {
+    "5m".into()
+}
+fn default_timeout() -> String {
+    "3m".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSyncStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus conventions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The last revision applied without error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    /// The revision of the last sync, successful or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<String>,
+    /// First 12 characters of lastAppliedRevision (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_revision: Option<String>,
+    /// When the last sync finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// The `kubesync.dev/requestedAt` value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_requested_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SyncSummary>,
+    /// The last 5 syncs, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<SyncHistoryEntry>,
+    /// The last sync's first error, shortened; names the file and object at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSummary {
+    /// Objects in the set after the sync.
+    pub managed: i64,
+    /// Objects created or changed.
+    pub applied: i64,
+    pub pruned: i64,
+    pub failed: i64,
+    pub drift_corrected: i64,
+    pub unhealthy: i64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncHistoryEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `Succeeded` or `Failed`.
+    pub result: String,
+    /// Seconds the sync took.
+    pub duration_seconds: f64,
+    pub time: Time,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("spec.ref: set exactly one of branch, tag or commit")]
+    Ref,
+    #[error("spec.{field}: {message}")]
+    Duration {
+        field: &'static str,
+        message: String,
+    },
+    #[error("spec.url: must not be empty")]
+    Url,
+}
+
+impl GitSyncSpec {
+    pub fn git_ref(&self) -> Result<GitRef, SpecError> {
+        let Some(r) = &self.reference else {
+            return Ok(GitRef::default());
+        };
+        match (&r.branch, &r.tag, &r.commit) {
+            (Some(b), None, None) => Ok(GitRef::Branch(b.clone())),
+            (None, Some(t), None) => Ok(GitRef::Tag(t.clone())),
+            (None, None, Some(c)) => Ok(GitRef::Commit(c.to_ascii_lowercase())),
+            _ => Err(SpecError::Ref),
+        }
+    }
+
+    pub fn interval(&self) -> Result<Duration, SpecError> {
+        parse_positive("interval", &self.interval)
+    }
+
+    pub fn timeout(&self) -> Result<Duration, SpecError> {
+        parse_positive("timeout", &self.timeout)
+    }
+
+    /// Checks everything that would make every sync fail the same way.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.url.trim().is_empty() {
+            return Err(SpecError::Url);
+        }
+        self.git_ref()?;
+        self.interval()?;
+        self.timeout()?;
+        Ok(())
+    }
+}
+
+fn parse_positive(field: &'static str, value: &str) -> Result<Duration, SpecError> {
+    match crate::cli::parse_duration(value) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err(SpecError::Duration {
+            field,
+            message: "must be at least 1s".into(),
+        }),
+        Err(message) => Err(SpecError::Duration { field, message }),
+    }
+}
+
+/// The first 12 characters of a commit id or of a directory's content hash.
+pub fn short_revision(revision: &str) -> &str {
+    let r = revision.strip_prefix("sha256:").unwrap_or(revision);
+    match r.char_indices().nth(12) {
+        Some((end, _)) => &r[..end],
+        None => r,
+    }
+}
+
+/// The CRD, labelled as an ApplySet parent type (KEP-3659).
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = GitSync::crd();
+    crd.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(
+            "applyset.kubernetes.io/is-parent-type".into(),
+            "true".into(),
+        );
+    crd
+}
+
+/// The CRD as the YAML kept in `config/crd/` and the chart.
+pub fn crd_yaml() -> Result<String, String> {
+    let body = serde_saphyr::to_string(&crd()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# Generated by `kubesync crd` from src/crd.rs. Do not edit.\n---\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> GitSyncSpec {
+        serde_json::from_value(serde_saphyr::from_str::<serde_json::Value>(yaml).expect("yaml"))
+            .expect("spec")
+    }
+
+    #[test]
+    fn defaults_fill_an_url_only_spec() {
+        let s = spec("url: https://example.org/r.git\n");
+        assert_eq!(s.path, ".");
+        assert_eq!(s.interval().expect("interval"), Duration::from_secs(300));
+        assert_eq!(s.timeout().expect("timeout"), Duration::from_secs(180));
+        assert!(s.prune && !s.suspend && !s.wait);
+        assert_eq!(s.git_ref().expect("ref"), GitRef::Branch("main".into()));
+    }
+
+    #[test]
+    fn ref_takes_exactly_one_kind() {
+        let s = spec("url: x\nref: {tag: v1}\n");
+        assert_eq!(s.git_ref().expect("ref"), GitRef::Tag("v1".into()));
+        let s = spec("url: x\nref: {branch: a, tag: v1}\n");
+        assert_eq!(s.validate(), Err(SpecError::Ref));
+        let s = spec("url: x\nref: {}\n");
+        assert_eq!(s.validate(), Err(SpecError::Ref));
+    }
+
+    #[test]
+    fn bad_durations_name_the_field() {
+        let s = spec("url: x\ninterval: 0s\n");
+        assert!(
+            s.validate()
+                .expect_err("0s")
+                .to_string()
+                .contains("interval")
+        );
+        let s = spec("url: x\ntimeout: soon\n");
+        assert!(
+            s.validate()
+                .expect_err("soon")
+                .to_string()
+                .contains("timeout")
+        );
+    }
+
+    #[test]
+    fn crd_is_an_applyset_parent_type_with_printer_columns() {
+        let crd = crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("gitsyncs.kubesync.dev"));
+        let labels = crd.metadata.labels.expect("labels");
+        assert_eq!(labels["applyset.kubernetes.io/is-parent-type"], "true");
+        let version = &crd.spec.versions[0];
+        let columns: Vec<&str> = version
+            .additional_printer_columns
+            .as_ref()
+            .expect("columns")
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Ready", "Revision", "Objects", "Last Sync", "Age"]
+        );
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .expect("subresources")
+                .status
+                .is_some()
+        );
+    }
+
+    /// The YAML copies in config/ and the chart are generated; regenerate with
+    /// `kubesync crd > config/crd/gitsyncs.yaml` (and the chart's crds/ copy).
+    #[test]
+    fn generated_crd_copies_match_the_code() {
+        let expected = crd_yaml().expect("yaml");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for copy in [
+            "config/crd/gitsyncs.yaml",
+            "charts/kubesync/crds/gitsyncs.yaml",
+        ] {
+            let actual =
+                std::fs::read_to_string(root.join(copy)).unwrap_or_else(|e| panic!("{copy}: {e}"));
+            assert!(
+                actual == expected,
+                "{copy} differs from `kubesync crd`: regenerate it with `cargo run -- crd > {copy}`"
+            );
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Prometheus metrics (`prometheus-client`): built once, passed to the controller and the HTTP
+//! listener. Labels are only `sync="<namespace>/<name>"` and small fixed enums, so cardinality
+//! stays bounded by the number of GitSyncs.
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::sync::{ObjectResult, SyncReport};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub sync: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RunResult {
+    success,
+    failure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub sync: String,
+    pub result: RunResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Operation {
+    created,
+    configured,
+    unchanged,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub sync: String,
+    pub op: Operation,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabels {
+    pub sync: String,
+    /// A fixed category (`PruneBlocked::category`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub sync: String,
+    pub revision: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    duration: Histograms,
+    last_success: Family<SyncLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    managed: Family<SyncLabels, Gauge>,
+    operations: Family<OperationLabels, Counter>,
+    pruned: Family<SyncLabels, Counter>,
+    prune_blocked: Family<BlockedLabels, Counter>,
+    drift_corrected: Family<SyncLabels, Counter>,
+    unhealthy: Family<SyncLabels, Gauge>,
+    fetch_duration: Histograms,
+    fetch_failures: Family<SyncLabels, Counter>,
+    source_info: Family<SourceLabels, Gauge>,
+    suspended: Family<SyncLabels, Gauge>,
+    commit_to_applied: Histograms,
+    /// The revision each sync's `kubesync_source_info` series carries (one series per sync).
+    revisions: Mutex<HashMap<String, String>>,
+}
+
+type Histograms = Family<SyncLabels, Histogram, fn() -> Histogram>;
+
+fn sync_histogram() -> Histogram {
+    Histogram::new(SYNC_BUCKETS.iter().copied())
+}
+fn fetch_histogram() -> Histogram {
+    Histogram::new(FETCH_BUCKETS.iter().copied())
+}
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+const SYNC_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0];
+const FETCH_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let runs = Family::default();
+        registry.register("kubesync_sync_runs", "Syncs run, by result", runs.clone());
+        let duration = Histograms::new_with_constructor(sync_histogram);
+        registry.register(
+            "kubesync_sync_duration_seconds",
+            "Duration of a sync, fetch to prune",
+            duration.clone(),
+        );
+        let last_success = Family::default();
+        registry.register(
+            "kubesync_last_success_timestamp_seconds",
+            "Unix time of the last successful sync",
+            last_success.clone(),
+        );
+        let managed = Family::default();
+        registry.register(
+            "kubesync_managed_objects",
+            "Objects in the sync's ApplySet after its last sync",
+            managed.clone(),
+        );
+        let operations = Family::default();
+        registry.register(
+            "kubesync_apply_operations",
+            "Objects applied, by outcome",
+            operations.clone(),
+        );
+        let pruned = Family::default();
+        registry.register("kubesync_pruned_objects", "Objects pruned", pruned.clone());
+        let prune_blocked = Family::default();
+        registry.register(
+            "kubesync_prune_blocked",
+            "Syncs whose prune a guard stopped, by reason",
+            prune_blocked.clone(),
+        );
+        let drift_corrected = Family::default();
+        registry.register(
+            "kubesync_drift_corrected",
+            "Objects whose live state differed from Git and were corrected",
+            drift_corrected.clone(),
+        );
+        let unhealthy = Family::default();
+        registry.register(
+            "kubesync_unhealthy_objects",
+            "Applied objects not healthy after the last sync",
+            unhealthy.clone(),
+        );
+        let fetch_duration = Histograms::new_with_constructor(fetch_histogram);
+        registry.register(
+            "kubesync_git_fetch_duration_seconds",
+            "Duration of the Git fetch (ls-remote included)",
+            fetch_duration.clone(),
+        );
+        let fetch_failures = Family::default();
+        registry.register(
+            "kubesync_git_fetch_failures",
+            "Failed Git fetches",
+            fetch_failures.clone(),
+        );
+        let source_info = Family::default();
+        registry.register(
+            "kubesync_source_info",
+            "The revision last synced (value 1; one series per sync)",
+            source_info.clone(),
+        );
+        let suspended = Family::default();
+        registry.register(
+            "kubesync_suspended",
+            "1 when the GitSync is suspended",
+            suspended.clone(),
+        );
+        let commit_to_applied = Histograms::new_with_constructor(latency_histogram);
+        registry.register(
+            "kubesync_commit_to_applied_seconds",
+            "From the commit's committer time to the end of the sync that first applied it",
+            commit_to_applied.clone(),
+        );
+        Metrics {
+            registry,
+            runs,
+            duration,
+            last_success,
+            managed,
+            operations,
+            pruned,
+            prune_blocked,
+            drift_corrected,
+            unhealthy,
+            fetch_duration,
+            fetch_failures,
+            source_info,
+            suspended,
+            commit_to_applied,
+            revisions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records one finished sync. `first_apply_of_revision`: whether this sync applied a revision
+    /// for the first time (only then is commit → applied latency observed).
+    pub fn record_sync(
+        &self,
+        sync: &str,
+        report: &SyncReport,
+        managed: i64,
+        first_apply_of_revision: bool,
+    ) {
+        let labels = SyncLabels { sync: sync.into() };
+        let result = if report.succeeded() {
+            RunResult::success
+        } else {
+            RunResult::failure
+        };
+        self.runs
+            .get_or_create(&RunLabels {
+                sync: sync.into(),
+                result,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(report.duration_seconds);
+        if let Some(fetch) = report.fetch_duration {
+            self.fetch_duration
+                .get_or_create(&labels)
+                .observe(fetch.as_secs_f64());
+        }
+        if report.failure == Some("source") {
+            self.fetch_failures.get_or_create(&labels).inc();
+        }
+        for (op, count) in [
+            (Operation::created, report.summary.created),
+            (Operation::configured, report.summary.configured),
+            (Operation::unchanged, report.summary.unchanged),
+            (Operation::failed, report.summary.failed),
+        ] {
+            let counter = self.operations.get_or_create(&OperationLabels {
+                sync: sync.into(),
+                op,
+            });
+            counter.inc_by(count as u64);
+        }
+        let pruned = report
+            .objects
+            .iter()
+            .filter(|o| o.result == ObjectResult::Pruned)
+            .count();
+        self.pruned.get_or_create(&labels).inc_by(pruned as u64);
+        if let Some(blocked) = &report.prune_blocked {
+            self.prune_blocked
+                .get_or_create(&BlockedLabels {
+                    sync: sync.into(),
+                    reason: blocked.category(),
+                })
+                .inc();
+        }
+        self.drift_corrected
+            .get_or_create(&labels)
+            .inc_by(report.summary.drift_corrected as u64);
+        if report.failure != Some("source") {
+            self.unhealthy
+                .get_or_create(&labels)
+                .set(report.summary.unhealthy as i64);
+        }
+        if report.succeeded() {
+            self.managed.get_or_create(&labels).set(managed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            self.last_success.get_or_create(&labels).set(now);
+            if let Some(revision) = &report.revision {
+                self.set_revision(sync, revision);
+                if first_apply_of_revision && let Some(commit_time) = report.commit_time {
+                    let latency = now - commit_time as f64;
+                    if latency >= 0.0 {
+                        self.commit_to_applied
+                            .get_or_create(&labels)
+                            .observe(latency);
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_revision(&self, sync: &str, revision: &str) {
+        let mut revisions = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = revisions.insert(sync.into(), revision.into())
+            && old != revision
+        {
+            self.source_info.remove(&SourceLabels {
+                sync: sync.into(),
+                revision: old,
+            });
+        }
+        self.source_info
+            .get_or_create(&SourceLabels {
+                sync: sync.into(),
+                revision: revision.into(),
+            })
+            .set(1);
+    }
+
+    pub fn set_suspended(&self, sync: &str, suspended: bool) {
+        self.suspended
+            .get_or_create(&SyncLabels { sync: sync.into() })
+            .set(i64::from(suspended));
+    }
+
+    /// Drops every series of a deleted GitSync.
+    pub fn forget(&self, sync: &str) {
+        let labels = SyncLabels { sync: sync.into() };
+        for family in [&self.managed, &self.unhealthy, &self.suspended] {
+            family.remove(&labels);
+        }
+        self.last_success.remove(&labels);
+        if let Some(revision) = self
+            .revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sync)
+        {
+            self.source_info.remove(&SourceLabels {
+                sync: sync.into(),
+                revision,
+            });
+        }
+    }
+
+    /// The exposition text for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::Summary;
+
+    #[test]
+    fn a_sync_shows_up_with_bounded_labels() {
+        let metrics = Metrics::new();
+        let report = SyncReport {
+            revision: Some("abc123".into()),
+            summary: Summary {
+                created: 2,
+                unchanged: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        metrics.record_sync("apps/web", &report, 5, true);
+        let mut next = report.clone();
+        next.revision = Some("def456".into());
+        metrics.record_sync("apps/web", &next, 5, true);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"kubesync_sync_runs_total{sync="apps/web",result="success"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kubesync_apply_operations_total{sync="apps/web",op="created"} 4"#)
+        );
+        assert!(text.contains(r#"kubesync_managed_objects{sync="apps/web"} 5"#));
+        // One source_info series per sync: the old revision's series is gone.
+        assert!(text.contains(r#"kubesync_source_info{sync="apps/web",revision="def456"} 1"#));
+        assert!(!text.contains("abc123"), "{text}");
+        metrics.forget("apps/web");
+        assert!(!metrics.encode().contains("def456"));
+    }
+
+    #[test]
+    fn a_failed_fetch_counts_as_failure_and_keeps_the_last_success() {
+        let metrics = Metrics::new();
+        let report = SyncReport {
+            failure: Some("source"),
+            errors: vec!["fetch failed".into()],
+            prune_blocked: Some(crate::sync::PruneBlocked::Failure),
+            ..Default::default()
+        };
+        metrics.record_sync("apps/web", &report, 0, false);
+        let text = metrics.encode();
+        assert!(text.contains(r#"kubesync_sync_runs_total{sync="apps/web",result="failure"} 1"#));
+        assert!(text.contains(r#"kubesync_git_fetch_failures_total{sync="apps/web"} 1"#));
+        assert!(
+            text.contains(r#"kubesync_prune_blocked_total{sync="apps/web",reason="failure"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("kubesync_last_success_timestamp_seconds{"));
+    }
+}
