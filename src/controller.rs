@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -50,7 +50,6 @@ pub struct Context {
     pub kube_config: kube::Config,
     pub metrics: Arc<Metrics>,
     pub config: ControllerConfig,
-    recorder: Recorder,
     /// Per GitSync (`namespace/name`): consecutive failures, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     impersonating: Mutex<HashMap<String, Client>>,
@@ -84,19 +83,11 @@ impl Context {
         config: ControllerConfig,
         stop: watch::Receiver<bool>,
     ) -> Context {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "kubesync".into(),
-                instance: Some(config.identity.clone()),
-            },
-        );
         Context {
             client,
             kube_config,
             metrics,
             config,
-            recorder,
             failures: Mutex::new(HashMap::new()),
             impersonating: Mutex::new(HashMap::new()),
             stop,
@@ -290,15 +281,38 @@ async fn patch_status(
     Ok(())
 }
 
+/// One `events.k8s.io/v1` Event per call. (kube-runtime's Recorder folds events of the same
+/// reason into one series and keeps the first note, which would hide each sync's revision.)
 async fn publish(ctx: &Context, sync: &GitSync, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    let namespace = sync.namespace().unwrap_or_default();
+    let now = Timestamp::now();
+    let event = K8sEvent {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{}.{:x}", sync.name_any(), now.as_nanosecond())),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        action: Some("Sync".into()),
+        reason: Some(reason.into()),
         note: Some(note.chars().take(1024).collect()),
-        action: "Sync".into(),
-        secondary: None,
+        type_: Some(match type_ {
+            EventType::Normal => "Normal".into(),
+            EventType::Warning => "Warning".into(),
+        }),
+        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            now,
+        )),
+        reporting_controller: Some("kubesync.dev/controller".into()),
+        reporting_instance: Some(ctx.config.identity.clone()),
+        regarding: Some(sync.object_ref(&())),
+        ..Default::default()
     };
-    if let Err(e) = ctx.recorder.publish(&event, &sync.object_ref(&())).await {
+    let events: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(e) = events
+        .create(&kube::api::PostParams::default(), &event)
+        .await
+    {
         warn!(sync = %key_of(sync), error = %crate::error::kube_message(&e), "publishing an event");
     }
 }

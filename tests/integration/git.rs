@@ -86,13 +86,13 @@ impl GitRepo {
     }
 }
 
-struct GitDaemon {
+pub struct GitDaemon {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
+    pub fn start(base: &Path) -> GitDaemon {
         let port = free_port();
         // Run git-daemon itself: `git daemon` would leave it running when killed.
         let exec_path = git(base, &["--exec-path"]);

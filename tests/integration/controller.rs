@@ -1,0 +1,768 @@
+//! The controller (`kubesync controller`, run as a process) against the local control plane, with
+//! repositories served by a git daemon on loopback.
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use kubesync::crd::GitSync;
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::engine::configmap;
+use crate::git::{GitDaemon, GitRepo, free_port};
+use crate::support::{TestNamespace, eventually};
+
+/// Installs (or updates) the GitSync CRD from the code and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = kubesync::crd::crd();
+    crds.patch(
+        "gitsyncs.kubesync.dev",
+        &PatchParams::apply("kubesync-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("installing the GitSync CRD");
+    eventually(Duration::from_secs(30), "GitSync CRD established", || {
+        let crds = crds.clone();
+        async move {
+            let crd = crds.get("gitsyncs.kubesync.dev").await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        }
+    })
+    .await;
+    // Discovery may lag the Established condition by a moment.
+    let api: Api<GitSync> = Api::all(client.clone());
+    eventually(Duration::from_secs(30), "GitSync API served", || {
+        let api = api.clone();
+        async move { api.list(&Default::default()).await.ok().map(|_| ()) }
+    })
+    .await;
+}
+
+/// A `kubesync controller` process; killed when dropped. Its log is kept for assertions.
+pub struct ControllerProcess {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ControllerProcess {
+    pub fn start(namespace: &str, extra: &[&str]) -> ControllerProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = dir.path().join("controller.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kubesync"))
+            .args(["controller", "--watch-namespace", namespace])
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(extra)
+            .env("RUST_LOG", "info,kubesync=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("kubesync controller starts");
+        let mut process = ControllerProcess {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        crate::support::wait_for_listener(&mut process.child, port, "kubesync controller");
+        process
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, &[], b"")
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request on loopback; returns status and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    stream.write_all(body).expect("write body");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn create_gitsync(
+    ns: &TestNamespace,
+    name: &str,
+    spec: serde_json::Value,
+) -> Api<GitSync> {
+    let api: Api<GitSync> = Api::namespaced(ns.client.clone(), &ns.name);
+    let sync: GitSync = serde_json::from_value(json!({
+        "apiVersion": "kubesync.dev/v1alpha1",
+        "kind": "GitSync",
+        "metadata": {"name": name, "namespace": ns.name},
+        "spec": spec,
+    }))
+    .expect("GitSync");
+    api.create(&PostParams::default(), &sync)
+        .await
+        .expect("creating the GitSync");
+    api
+}
+
+/// `kubectl wait --for=condition=Ready`, as a user would.
+fn kubectl_wait_ready(ns: &str, name: &str, timeout: &str) {
+    let out = Command::new("kubectl")
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            &format!("gitsync/{name}"),
+            "-n",
+            ns,
+        ])
+        .arg(format!("--timeout={timeout}"))
+        .output()
+        .expect("kubectl runs (is the testbed's PATH set?)");
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn applied_revision(api: &Api<GitSync>, name: &str) -> Option<String> {
+    api.get(name).await.ok()?.status?.last_applied_revision
+}
+
+async fn wait_for_revision(
+    api: &Api<GitSync>,
+    name: &str,
+    revision: &str,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    eventually(
+        timeout,
+        &format!("GitSync {name} applies {revision}"),
+        || async { (applied_revision(api, name).await.as_deref() == Some(revision)).then_some(()) },
+    )
+    .await;
+    started.elapsed()
+}
+
+async fn configmap_value(ns: &TestNamespace, name: &str) -> Option<String> {
+    let api: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.get_opt(name).await.ok()??.data?.get("key").cloned()
+}
+
+#[tokio::test]
+async fn gitsync_follows_commits_prunes_suspends_and_takes_requests() {
+    let ns = TestNamespace::new("ctl").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    repo.write("app/a.yaml", &configmap("a", "one"));
+    repo.write("app/b.yaml", &configmap("b", "one"));
+    let first = repo.commit_and_push("first");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let api = create_gitsync(
+        &ns,
+        "app",
+        json!({"url": url, "path": "app", "interval": "3s"}),
+    )
+    .await;
+
+    kubectl_wait_ready(&ns.name, "app", "60s");
+    assert_eq!(
+        applied_revision(&api, "app").await.as_deref(),
+        Some(first.as_str())
+    );
+    let sync = api.get("app").await.expect("get");
+    let status = sync.status.expect("status");
+    assert_eq!(status.summary.as_ref().map(|s| s.managed), Some(2));
+    assert_eq!(status.short_revision.as_deref(), Some(&first[..12]));
+    assert_eq!(status.history.len(), 1);
+    let parent_labels = sync.metadata.labels.unwrap_or_default();
+    assert!(
+        parent_labels
+            .get("applyset.kubernetes.io/id")
+            .is_some_and(|id| id.starts_with("applyset-")),
+        "the GitSync is the ApplySet parent: {parent_labels:?}"
+    );
+
+    // A new commit is followed within the interval, and a removed file is pruned.
+    repo.write("app/a.yaml", &configmap("a", "two"));
+    repo.remove("app/b.yaml");
+    let second = repo.commit_and_push("second");
+    wait_for_revision(&api, "app", &second, Duration::from_secs(20)).await;
+    assert_eq!(configmap_value(&ns, "a").await.as_deref(), Some("two"));
+    assert_eq!(
+        configmap_value(&ns, "b").await,
+        None,
+        "b left Git and is pruned"
+    );
+
+    // Events: one for each sync that changed something (published just after the status).
+    let wanted = format!("revision {}", &second[..12]);
+    let events = eventually(
+        Duration::from_secs(10),
+        "an Event for the second sync",
+        || {
+            let ns = ns.name.clone();
+            let wanted = wanted.clone();
+            async move {
+                let out = Command::new("kubectl")
+                    .args(["get", "events", "-n", &ns, "-o", "json"])
+                    .output()
+                    .ok()?;
+                let events = String::from_utf8_lossy(&out.stdout).to_string();
+                events.contains(&wanted).then_some(events)
+            }
+        },
+    )
+    .await;
+    assert!(events.contains("\"reason\": \"Synced\""), "{events}");
+    assert!(events.contains("1 configured, 1 pruned"), "{events}");
+
+    // Suspended: new commits are not applied.
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspend");
+    eventually(Duration::from_secs(10), "suspension observed", || async {
+        let s = api.get("app").await.ok()?;
+        (s.status?.observed_generation == s.metadata.generation).then_some(())
+    })
+    .await;
+    repo.write("app/a.yaml", &configmap("a", "three"));
+    let third = repo.commit_and_push("third");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        applied_revision(&api, "app").await.as_deref(),
+        Some(second.as_str())
+    );
+    assert_eq!(configmap_value(&ns, "a").await.as_deref(), Some("two"));
+    let (_, metrics) = controller.get("/metrics");
+    assert!(
+        metrics.contains(&format!("kubesync_suspended{{sync=\"{}/app\"}} 1", ns.name)),
+        "{metrics}"
+    );
+
+    // Resumed with a long interval: a new requestedAt syncs at once.
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": false, "interval": "1h"}})),
+    )
+    .await
+    .expect("resume");
+    wait_for_revision(&api, "app", &third, Duration::from_secs(20)).await;
+    repo.write("app/a.yaml", &configmap("a", "four"));
+    let fourth = repo.commit_and_push("fourth");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        applied_revision(&api, "app").await.as_deref(),
+        Some(third.as_str()),
+        "not before the request"
+    );
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kubesync.dev/requestedAt": "now-1"}}})),
+    )
+    .await
+    .expect("request");
+    let took = wait_for_revision(&api, "app", &fourth, Duration::from_secs(10)).await;
+    eprintln!("requestedAt → applied in {took:?}");
+    assert_eq!(configmap_value(&ns, "a").await.as_deref(), Some("four"));
+    let status = api.get("app").await.expect("get").status.expect("status");
+    assert!(
+        status.history.len() >= 4 && status.history.len() <= 5,
+        "{:?}",
+        status.history
+    );
+    assert_eq!(status.last_handled_requested_at.as_deref(), Some("now-1"));
+}
+
+fn sign(token: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token).expect("key");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
+    let ns = TestNamespace::new("hook").await;
+    install_crd(&ns.client).await;
+    let token = "hook-token-Xy7-never-logged";
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hook"}, "stringData": {"token": token}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "one"));
+    let first = repo.commit_and_push("first");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let api = create_gitsync(
+        &ns,
+        "app",
+        json!({"url": url, "interval": "1h", "webhookSecretRef": {"name": "hook"}}),
+    )
+    .await;
+    wait_for_revision(&api, "app", &first, Duration::from_secs(30)).await;
+
+    repo.write("a.yaml", &configmap("a", "two"));
+    let second = repo.commit_and_push("second");
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let path = format!("/hooks/{}/app", ns.name);
+
+    // Bad signature, no signature, unknown GitSync: 401, and nothing is synced.
+    let bad = sign(b"wrong-token", body);
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &path,
+        &[("X-Hub-Signature-256", format!("sha256={bad}"))],
+        body,
+    );
+    assert_eq!(status, 401);
+    let (status, _) = http(controller.port, "POST", &path, &[], body);
+    assert_eq!(status, 401);
+    let good = sign(token.as_bytes(), body);
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &format!("/hooks/{}/nope", ns.name),
+        &[("X-Hub-Signature-256", format!("sha256={good}"))],
+        body,
+    );
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        applied_revision(&api, "app").await.as_deref(),
+        Some(first.as_str())
+    );
+
+    // GitHub-style signature: synced within 2 s.
+    let started = Instant::now();
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &path,
+        &[("X-Hub-Signature-256", format!("sha256={good}"))],
+        body,
+    );
+    assert_eq!(status, 202);
+    wait_for_revision(&api, "app", &second, Duration::from_secs(2)).await;
+    eprintln!("signed webhook → applied in {:?}", started.elapsed());
+
+    // Gitea/Forgejo and GitLab styles are accepted too.
+    repo.write("a.yaml", &configmap("a", "three"));
+    let third = repo.commit_and_push("third");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &path,
+        &[("X-Gitea-Signature", good.clone())],
+        body,
+    );
+    assert_eq!(status, 202);
+    wait_for_revision(&api, "app", &third, Duration::from_secs(2)).await;
+    repo.write("a.yaml", &configmap("a", "four"));
+    let fourth = repo.commit_and_push("fourth");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &path,
+        &[("X-Gitlab-Token", token.to_string())],
+        body,
+    );
+    assert_eq!(status, 202);
+    wait_for_revision(&api, "app", &fourth, Duration::from_secs(2)).await;
+
+    // An oversized body is refused before anything else.
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &path,
+        &[("X-Hub-Signature-256", format!("sha256={good}"))],
+        &huge,
+    );
+    assert_eq!(status, 413);
+    assert!(
+        !controller.log_text().contains(token),
+        "the token is never logged"
+    );
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_metrics_and_the_status_page_shows_the_revision() {
+    let ns = TestNamespace::new("prom").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "one"));
+    let first = repo.commit_and_push("first");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    assert_eq!(controller.get("/healthz").0, 200);
+    let api = create_gitsync(&ns, "web", json!({"url": url, "interval": "1h"})).await;
+    wait_for_revision(&api, "web", &first, Duration::from_secs(30)).await;
+    assert_eq!(controller.get("/readyz").0, 200);
+
+    let (status, page) = controller.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&first),
+        "status page shows the revision: {page}"
+    );
+    assert!(page.contains(&format!("{}/web", ns.name)));
+    assert!(page.contains("Ready"));
+
+    // A real Prometheus scrapes /metrics; PromQL finds the sync's runs.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prom_port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kubesync\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            controller.port
+        ),
+    )
+    .expect("config");
+    let check = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(dir.path().join("prometheus.yml"))
+        .output()
+        .expect("promtool runs (testbed PATH)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus runs (testbed PATH)");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut prometheus);
+    crate::support::wait_for_listener(guard.0, prom_port, "prometheus");
+    let query = "/api/v1/query?query=kubesync_sync_runs_total";
+    let answer = eventually(
+        Duration::from_secs(30),
+        "PromQL returns kubesync_sync_runs_total",
+        || async {
+            let (status, body) = http(prom_port, "GET", query, &[], b"");
+            (status == 200 && body.contains(&format!("{}/web", ns.name))).then_some(body)
+        },
+    )
+    .await;
+    let value: serde_json::Value =
+        serde_json::from_str(answer.trim_start_matches(|c: char| c != '{'))
+            .unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let series = &value["data"]["result"][0];
+    assert_eq!(series["metric"]["result"], "success", "{value}");
+    assert_eq!(series["metric"]["sync"], format!("{}/web", ns.name));
+    // Every series the controller exports is well-formed for promtool.
+    let (_, metrics) = controller.get("/metrics");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    lint.stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let linted = lint.wait_with_output().expect("promtool output");
+    // promtool 2.42 lints the classic text format: for an OpenMetrics counter it looks for HELP
+    // under the `_total` name, which OpenMetrics puts on the family name. Any other finding fails.
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+    let real: Vec<&str> = findings
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let Some(name) = l.strip_suffix(" no help text") else {
+                return true;
+            };
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            !metrics.contains(&format!("# HELP {family} "))
+        })
+        .collect();
+    assert!(real.is_empty(), "promtool check metrics: {real:#?}");
+    drop(guard);
+}
+
+async fn lease_holder(ns: &TestNamespace) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    leases
+        .get_opt("kubesync")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn two_controllers_one_leads_and_the_other_takes_over_when_it_dies() {
+    let ns = TestNamespace::new("lead").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "one"));
+    let first = repo.commit_and_push("first");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let election = |id: &'static str| {
+        ControllerProcess::start(
+            &ns.name,
+            &[
+                "--leader-election",
+                "--lease-namespace",
+                &ns.name,
+                "--identity",
+                id,
+            ],
+        )
+    };
+    let mut one = election("one");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut two = election("two");
+    let api = create_gitsync(&ns, "app", json!({"url": url, "interval": "2s"})).await;
+    wait_for_revision(&api, "app", &first, Duration::from_secs(30)).await;
+    let leader = lease_holder(&ns).await.expect("a leader holds the Lease");
+    assert_eq!(leader, "one", "the first replica leads");
+    // Several intervals pass: only the leader syncs.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(one.log_text().contains("sync due"));
+    assert!(
+        !two.log_text().contains("sync due"),
+        "the follower never syncs:\n{}",
+        two.log_text()
+    );
+    assert_eq!(
+        two.get("/readyz").0,
+        200,
+        "a follower is ready (it serves webhooks and the page)"
+    );
+
+    // The leader dies mid-flight; the other takes over within 30 s and follows Git.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(one.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let _ = one.child.wait();
+    let killed = Instant::now();
+    repo.write("a.yaml", &configmap("a", "two"));
+    let second = repo.commit_and_push("second");
+    eventually(
+        Duration::from_secs(30),
+        "the second replica takes the Lease",
+        || async { (lease_holder(&ns).await.as_deref() == Some("two")).then_some(()) },
+    )
+    .await;
+    let took = killed.elapsed();
+    wait_for_revision(
+        &api,
+        "app",
+        &second,
+        Duration::from_secs(30)
+            .saturating_sub(took)
+            .max(Duration::from_secs(5)),
+    )
+    .await;
+    eprintln!(
+        "leader killed → new leader in {took:?}, new commit applied in {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "handover and sync within 30 s"
+    );
+
+    // SIGTERM: the new leader stops cleanly and gives the Lease up.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(two.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("term");
+    let status = two.child.wait().expect("wait");
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status:?}\n{}",
+        two.log_text()
+    );
+    assert_eq!(lease_holder(&ns).await, None, "the Lease is released");
+    assert!(two.log_text().contains("lease released"));
+}
+
+#[tokio::test]
+async fn a_gitsync_cannot_do_more_than_its_service_account() {
+    let ns = TestNamespace::new("sa").await;
+    install_crd(&ns.client).await;
+    // The ServiceAccount may manage ConfigMaps, nothing else.
+    let apply = |yaml: String| {
+        let out = Command::new("kubectl")
+            .args(["apply", "-n", &ns.name, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().expect("stdin").write_all(yaml.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("kubectl apply");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    apply(format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: limited\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: configmaps\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list, watch, create, update, patch, delete]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: limited\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: configmaps\nsubjects:\n- kind: ServiceAccount\n  name: limited\n  namespace: {}\n",
+        ns.name
+    ));
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "one"));
+    repo.write(
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: sa-test-Pw9-never-shown\n",
+    );
+    repo.commit_and_push("first");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let api = create_gitsync(
+        &ns,
+        "app",
+        json!({"url": url, "interval": "1h", "serviceAccountName": "limited"}),
+    )
+    .await;
+    let status = eventually(Duration::from_secs(30), "the sync fails", || async {
+        let status = api.get("app").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then_some(status)
+    })
+    .await;
+    let error = status.last_error.clone().expect("lastError");
+    assert!(error.contains("secret/db"), "names the object: {error}");
+    assert!(error.contains("secret.yaml"), "names the file: {error}");
+    assert!(
+        error.to_lowercase().contains("forbidden"),
+        "says forbidden: {error}"
+    );
+    assert!(
+        error.contains("system:serviceaccount:"),
+        "as the ServiceAccount: {error}"
+    );
+    assert_eq!(
+        configmap_value(&ns, "a").await.as_deref(),
+        Some("one"),
+        "what it may do is done"
+    );
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(secrets.get_opt("db").await.expect("get").is_none());
+    assert!(!controller.log_text().contains("sa-test-Pw9-never-shown"));
+    assert!(
+        !serde_json::to_string(&status)
+            .expect("json")
+            .contains("sa-test-Pw9-never-shown")
+    );
+}
