@@ -333,6 +333,10 @@ async fn status_page(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
+fn when(t: &k8s_openapi::jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 /// The status page: one card per GitSync. Server-rendered, no scripts, refreshes itself.
 pub fn render_status_page(syncs: &[GitSync], problem: Option<&str>) -> String {
     let mut html = String::from(concat!(
@@ -415,7 +419,7 @@ pub fn render_status_page(syncs: &[GitSync], problem: Option<&str>) -> String {
             status
                 .last_sync_time
                 .as_ref()
-                .map(|t| escape(&t.0.to_string()))
+                .map(|t| escape(&when(&t.0)))
                 .unwrap_or_else(|| "never".into()),
         );
         if let Some(s) = &status.summary {
@@ -444,7 +448,7 @@ pub fn render_status_page(syncs: &[GitSync], problem: Option<&str>) -> String {
                 let _ = write!(
                     html,
                     "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{:.1} s</td></tr>",
-                    escape(&h.time.0.to_string()),
+                    escape(&when(&h.time.0)),
                     escape(short),
                     escape(&h.result),
                     h.duration_seconds
