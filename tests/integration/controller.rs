@@ -62,6 +62,14 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(namespace: &str, extra: &[&str]) -> ControllerProcess {
+        Self::start_with_env(namespace, extra, &[])
+    }
+
+    pub fn start_with_env(
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = dir.path().join("controller.log");
@@ -75,6 +83,7 @@ impl ControllerProcess {
             .env("RUST_LOG", "info,kubesync=debug")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -1,6 +1,7 @@
 //! Integration tests against the local control plane (`eval "$(tests/testbed/up)"` first).
 mod support;
 
+mod chart;
 mod controller;
 mod engine;
 mod fixtures;
