@@ -7,6 +7,7 @@ mod engine;
 mod fixtures;
 mod flux;
 mod git;
+mod homelab;
 mod https;
 mod ssh;
 mod testbed;

@@ -1,0 +1,145 @@
+//! examples/homelab syncs on the local control plane: both Deployments become Available, the
+//! migration Job completes, and the backup CronJob, run by hand, Completes.
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kubesync::sync::ObjectResult;
+use serde_json::json;
+
+use crate::engine::sync_dir;
+use crate::support::{TestNamespace, eventually, repo_root};
+
+/// A hostPath volume reserved for one claim (the testbed has no volume provisioner; k3s has
+/// local-path).
+async fn volume_for(ns: &TestNamespace, claim: &str, size: &str) -> String {
+    let name = format!("{}-{claim}", ns.name);
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubesync.dev/test": "true"}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "",
+            "hostPath": {"path": format!("/tmp/kubesync-test-volumes/{name}")},
+            "claimRef": {"namespace": ns.name, "name": claim}
+        }
+    }))
+    .expect("pv");
+    Api::<PersistentVolume>::all(ns.client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("creating a volume");
+    name
+}
+
+fn completed(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        })
+}
+
+#[tokio::test]
+async fn the_homelab_example_syncs_and_its_jobs_complete() {
+    let ns = TestNamespace::new("homelab").await;
+    let volumes = vec![
+        volume_for(&ns, "backups", "10Gi").await,
+        volume_for(&ns, "data-postgres-0", "5Gi").await,
+    ];
+    let dir = repo_root().join("examples/homelab");
+    let report = sync_dir(&ns, &dir, |_| {}).await;
+    assert!(
+        report.succeeded(),
+        "examples/homelab syncs: {:#?}",
+        report.errors
+    );
+    let created = report
+        .objects
+        .iter()
+        .filter(|o| o.result == ObjectResult::Created)
+        .count();
+    assert_eq!(
+        created, 14,
+        "every object is created: {:#?}",
+        report.objects
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    for name in ["rails", "nginx"] {
+        eventually(
+            Duration::from_secs(60),
+            &format!("deployment {name} Available"),
+            || async {
+                let d = deployments.get(name).await.ok()?;
+                let available = d
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Available" && c.status == "True");
+                available.then_some(())
+            },
+        )
+        .await;
+    }
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "postgres ready on its volume",
+        || async {
+            let s = statefulsets.get("postgres").await.ok()?.status?;
+            (s.ready_replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
+    let jobs: Api<Job> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "the migration Job completes",
+        || async { completed(&jobs.get("rails-migrate").await.ok()?).then_some(()) },
+    )
+    .await;
+
+    // The backup CronJob, run by hand as the tutorial says.
+    let out = Command::new("kubectl")
+        .args([
+            "create",
+            "job",
+            "-n",
+            &ns.name,
+            "--from=cronjob/postgres-backup",
+            "backup-now",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the backup Job completes",
+        || async { completed(&jobs.get("backup-now").await.ok()?).then_some(()) },
+    )
+    .await;
+
+    // A second sync changes nothing: Complete Jobs are not re-run, nothing is written.
+    let again = sync_dir(&ns, &dir, |_| {}).await;
+    assert!(again.succeeded(), "{:#?}", again.errors);
+    assert_eq!(again.summary.unchanged, 14, "{:#?}", again.objects);
+    assert_eq!(again.summary.pruned, 0);
+
+    for pv in volumes {
+        let _ = Api::<PersistentVolume>::all(ns.client.clone())
+            .delete(&pv, &DeleteParams::background())
+            .await;
+    }
+}
