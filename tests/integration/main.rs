@@ -3,6 +3,7 @@ mod support;
 
 mod chart;
 mod controller;
+mod docs;
 mod engine;
 mod fixtures;
 mod flux;
