@@ -283,7 +283,7 @@ fn chart_lints_renders_its_toggles_and_is_hardened() {
 }
 
 /// A kubeconfig for the testbed that authenticates with `token` only.
-fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
+pub fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
     let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let server = run(Command::new("kubectl").args([
         "config",

@@ -12,3 +12,4 @@ mod homelab;
 mod https;
 mod ssh;
 mod testbed;
+mod tutorial;

@@ -8,10 +8,10 @@ use kubesync::source::{Auth, GitRef, SourceError, SourceSpec};
 use crate::engine::configmap;
 use crate::git::{GitRepo, free_port};
 
-struct Sshd {
+pub struct Sshd {
     child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
 }
 
 impl Drop for Sshd {
@@ -30,7 +30,7 @@ fn keygen(path: &Path) {
     assert!(status.success());
 }
 
-fn start_sshd() -> Sshd {
+pub fn start_sshd() -> Sshd {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     keygen(&d.join("host_key"));

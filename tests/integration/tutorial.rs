@@ -1,0 +1,248 @@
+//! The homelab tutorial, followed as a new user would from step 2 on (k3s is the testbed here):
+//! helm install with the tutorial's values, an SSH deploy key and known_hosts in a Secret, the
+//! tutorial's GitSync, the backup CronJob run by hand, a signed push webhook and requestedAt.
+//! The controller runs as the chart's ServiceAccount (kwok runs no containers), from this machine.
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::Api;
+use kubesync::crd::GitSync;
+use serde_json::Value;
+
+use crate::controller::{ControllerProcess, http};
+use crate::git::GitRepo;
+use crate::ssh::start_sshd;
+use crate::support::{TestNamespace, eventually, repo_root};
+
+fn sh(script: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(repo_root())
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_homelab_tutorial_works_after_installing_k3s() {
+    let system = TestNamespace::new("tut-system").await;
+    let home = TestNamespace::new("tut-homelab").await;
+    crate::controller::install_crd(&system.client).await;
+    let release = format!("kubesync{}", &system.name[system.name.len() - 4..]);
+    struct Uninstall(String, String);
+    impl Drop for Uninstall {
+        fn drop(&mut self) {
+            let _ = Command::new("helm")
+                .args(["uninstall", &self.0, "-n", &self.1])
+                .output();
+        }
+    }
+    let _uninstall = Uninstall(release.clone(), system.name.clone());
+
+    // 2. helm install with the tutorial's values; the rollout finishes.
+    sh(&format!(
+        "helm install {release} charts/kubesync -n {ns} -f examples/homelab-setup/values.yaml --skip-crds >/dev/null
+         kubectl -n {ns} rollout status deploy/{release} --timeout=60s >/dev/null",
+        ns = system.name
+    ));
+
+    // 3. The example in "your" repository, at the same path.
+    let repo = GitRepo::new();
+    copy_dir(
+        &repo_root().join("examples/homelab"),
+        &repo.work().join("examples/homelab"),
+    );
+    let first = repo.commit_and_push("homelab");
+
+    // 4. A deploy key (the Git host's authorized key) and the host's key in known_hosts.
+    let sshd = start_sshd();
+    let keys = tempfile::tempdir().expect("tempdir");
+    sh(&format!(
+        "cd {dir}
+         ssh-keygen -q -t ed25519 -N '' -C kubesync -f homelab-deploy-key
+         cat homelab-deploy-key.pub >> {authorized}
+         ssh-keyscan -t ed25519 -p {port} 127.0.0.1 2>/dev/null > known_hosts
+         test -s known_hosts
+         kubectl -n {ns} create secret generic homelab-deploy-key \
+           --from-file=identity=homelab-deploy-key --from-file=known_hosts=known_hosts >/dev/null",
+        dir = keys.path().display(),
+        authorized = sshd.dir.path().join("authorized_keys").display(),
+        port = sshd.port,
+        ns = home.name,
+    ));
+
+    // Volumes for the claims (k3s's local-path does this by itself).
+    for (claim, size) in [("backups", "10Gi"), ("data-postgres-0", "5Gi")] {
+        sh(&format!(
+            "kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {ns}-{claim}, labels: {{kubesync.dev/test: 'true'}}}}
+spec:
+  capacity: {{storage: {size}}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: ''
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {{path: /tmp/kubesync-test-volumes/{ns}-{claim}}}
+  claimRef: {{namespace: {ns}, name: {claim}}}
+YAML",
+            ns = home.name
+        ));
+    }
+
+    // The controller, as the chart's ServiceAccount would run it in the cluster.
+    let token = sh(&format!(
+        "kubectl -n {} create token {release} --duration=1h",
+        system.name
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = crate::chart::token_kubeconfig(dir.path(), &token);
+    let controller = ControllerProcess::start_with_env(
+        &home.name,
+        &["--known-hosts", "/nonexistent"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+
+    // 5. The tutorial's GitSync with the URL edited, applied; kubectl wait; get gitsyncs.
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let gitsync = std::fs::read_to_string(repo_root().join("examples/homelab-setup/gitsync.yaml"))
+        .expect("gitsync.yaml")
+        .replace(
+            "ssh://git@github.com/YOU/homelab.git",
+            &format!(
+                "ssh://{user}@127.0.0.1:{}{}",
+                sshd.port,
+                repo.remote().display()
+            ),
+        )
+        .replace("namespace: homelab", &format!("namespace: {}", home.name));
+    let file = dir.path().join("gitsync.yaml");
+    std::fs::write(&file, gitsync).expect("write");
+    sh(&format!(
+        "kubectl apply -f {} >/dev/null
+         kubectl -n {ns} wait --for=condition=Ready gitsync/homelab --timeout=90s >/dev/null",
+        file.display(),
+        ns = home.name
+    ));
+    let listed = sh(&format!("kubectl -n {} get gitsyncs", home.name));
+    assert!(
+        listed.contains("True") && listed.contains(&first[..12]),
+        "{listed}"
+    );
+    let objects = sh(&format!(
+        "kubectl -n {} get deploy,sts,svc,ingress,cronjob,job -o name",
+        home.name
+    ));
+    for o in [
+        "deployment.apps/rails",
+        "deployment.apps/nginx",
+        "statefulset.apps/postgres",
+        "ingress.networking.k8s.io/homelab",
+        "cronjob.batch/postgres-backup",
+        "job.batch/rails-migrate",
+    ] {
+        assert!(objects.contains(o), "{o} in {objects}");
+    }
+
+    // 6. The backup, now.
+    sh(&format!(
+        "kubectl -n {ns} create job --from=cronjob/postgres-backup backup-now >/dev/null
+         kubectl -n {ns} wait --for=condition=Complete job/backup-now --timeout=90s >/dev/null",
+        ns = home.name
+    ));
+    let jobs: Api<Job> = Api::namespaced(home.client.clone(), &home.name);
+    assert!(jobs.get("backup-now").await.is_ok());
+
+    // 7. The webhook secret and a push signed the way the tutorial signs it.
+    repo.write(
+        "examples/homelab/rails/configmap.yaml",
+        &std::fs::read_to_string(repo_root().join("examples/homelab/rails/configmap.yaml"))
+            .expect("cm")
+            .replace("RAILS_LOG_TO_STDOUT: \"1\"", "RAILS_LOG_TO_STDOUT: \"0\""),
+    );
+    let second = repo.commit_and_push("quieter logs");
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let sig = sh(&format!(
+        "token=$(openssl rand -hex 32)
+         kubectl -n {ns} create secret generic homelab-webhook --from-literal=token=\"$token\" >/dev/null
+         printf %s '{body}' | openssl dgst -sha256 -hmac \"$token\" | sed 's/.* //'",
+        ns = home.name
+    ));
+    let (status, _) = http(
+        controller.port,
+        "POST",
+        &format!("/hooks/{}/homelab", home.name),
+        &[("X-Hub-Signature-256", format!("sha256={sig}"))],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 202);
+    let api: Api<GitSync> = Api::namespaced(home.client.clone(), &home.name);
+    eventually(Duration::from_secs(10), "the push is applied", || async {
+        let s = api.get("homelab").await.ok()?.status?;
+        (s.last_applied_revision.as_deref() == Some(second.as_str())).then_some(())
+    })
+    .await;
+    // ... and requestedAt.
+    sh(&format!(
+        "kubectl -n {} annotate gitsync/homelab kubesync.dev/requestedAt=\"$(date +%s)\" --overwrite >/dev/null",
+        home.name
+    ));
+    eventually(
+        Duration::from_secs(10),
+        "the request is handled",
+        || async {
+            let s = api.get("homelab").await.ok()?;
+            let wanted = s
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("kubesync.dev/requestedAt")?
+                .clone();
+            (s.status?.last_handled_requested_at.as_deref() == Some(wanted.as_str())).then_some(())
+        },
+    )
+    .await;
+
+    // 8. The status page and the metrics.
+    let (_, page) = controller.get("/");
+    assert!(page.contains(&second), "{page}");
+    let (_, metrics) = controller.get("/metrics");
+    assert!(metrics.contains(&format!(
+        "kubesync_sync_runs_total{{sync=\"{}/homelab\",result=\"success\"}}",
+        home.name
+    )));
+    let described = sh(&format!(
+        "kubectl -n {} get gitsync homelab -o json",
+        home.name
+    ));
+    let described: Value = serde_json::from_str(&described).expect("json");
+    assert!(
+        described["status"]["history"]
+            .as_array()
+            .is_some_and(|h| h.len() >= 2)
+    );
+    sh(&format!(
+        "kubectl delete pv -l kubesync.dev/test=true --field-selector spec.claimRef.namespace={} --wait=false >/dev/null 2>&1 || true",
+        home.name
+    ));
+}
