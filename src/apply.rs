@@ -138,10 +138,22 @@ pub fn is_unchanged(
     if !has_our_apply_entry(live, field_manager) || has_adoptable_managers(live) {
         return false;
     }
-    let Ok(live_value) = serde_json::to_value(live) else {
+    // Compare part by part: only the metadata is serialised, the rest is already JSON.
+    let Some(desired) = desired_with_hash.as_object() else {
         return false;
     };
-    is_subset(desired_with_hash, &live_value)
+    desired.iter().all(|(key, value)| match key.as_str() {
+        "apiVersion" | "kind" => true,
+        "metadata" => serde_json::to_value(&live.metadata).is_ok_and(|m| is_subset(value, &m)),
+        _ => match live.data.get(key) {
+            Some(l) => is_subset(value, l),
+            None => {
+                value.is_null()
+                    || value.as_object().is_some_and(|o| o.is_empty())
+                    || value.as_array().is_some_and(|a| a.is_empty())
+            }
+        },
+    })
 }
 
 fn api_for(client: &Client, planned: &PlannedObject) -> Api<DynamicObject> {

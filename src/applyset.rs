@@ -313,6 +313,16 @@ impl Inventory {
     }
 }
 
+/// Drops what no stage reads from a listed object: the field sets of managedFields entries (only
+/// managers and operations are consulted; adoption works on the apply response). They are often
+/// the largest part of an object.
+fn trim(mut object: DynamicObject) -> DynamicObject {
+    for entry in object.metadata.managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+    }
+    object
+}
+
 /// Lists every group-kind of the footprint in each namespace of the footprint (plus the parent's)
 /// by the part-of label. Kinds the cluster no longer serves (CRD deleted) have no objects left.
 pub async fn list_inventory(
@@ -360,7 +370,22 @@ pub async fn list_inventory(
                 Some(ns) => Api::namespaced_with(client, ns, &info.api_resource),
                 None => Api::all_with(client, &info.api_resource),
             };
-            let list = api.list(&ListParams::default().labels(&selector)).await;
+            // Pages of 500 keep the largest response small; each page is trimmed before the next.
+            let mut items = Vec::new();
+            let mut params = ListParams::default().labels(&selector).limit(500);
+            let list = loop {
+                match api.list(&params).await {
+                    Ok(page) => {
+                        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+                        items.extend(page.items.into_iter().map(trim));
+                        match next {
+                            Some(token) => params = params.continue_token(&token),
+                            None => break Ok(items),
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
             (info, ns, list)
         }
     }))
@@ -369,8 +394,8 @@ pub async fn list_inventory(
     .await;
     for (info, ns, list) in results {
         match list {
-            Ok(list) => {
-                for mut object in list.items {
+            Ok(items) => {
+                for mut object in items {
                     // List items omit apiVersion/kind; restore them for the object we keep.
                     object.types = Some(kube::api::TypeMeta {
                         api_version: info.api_resource.api_version.clone(),

@@ -373,6 +373,7 @@ async fn run_pipeline(
         return;
     }
     // Manifests: any error fails the sync before anything is applied.
+    let stage_clock = Instant::now();
     let loaded = match manifests::load(&checkout.dir, &options.paths) {
         Ok(m) => m,
         Err(errors) => {
@@ -386,6 +387,10 @@ async fn run_pipeline(
     if stopped(options, report) {
         return;
     }
+    tracing::debug!(
+        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
+        "manifests loaded"
+    );
     // Plan.
     let discovery = match Discovery::run(client).await {
         Ok(d) => d,
@@ -413,6 +418,10 @@ async fn run_pipeline(
     if stopped(options, report) {
         return;
     }
+    tracing::debug!(
+        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
+        "planned"
+    );
     let parent_state = match applyset::read_parent(&clients.parent, &parent).await {
         Ok(s) => s,
         Err(e) => {
@@ -498,6 +507,10 @@ async fn run_pipeline(
     )
     .await;
 
+    tracing::debug!(
+        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
+        "inventory listed"
+    );
     // Apply, stage by stage.
     let apply_options = ApplyOptions {
         field_manager: options.field_manager.clone(),
@@ -575,6 +588,10 @@ async fn run_pipeline(
                 .push(format!("apply failed for some objects; first: {first}"));
         }
     }
+    tracing::debug!(
+        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
+        "applied"
+    );
     // Health.
     if let Some(timeout) = options
         .wait
@@ -626,6 +643,10 @@ async fn run_pipeline(
         }
     }
 
+    tracing::debug!(
+        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
+        "reported"
+    );
     // Prune, with every guard.
     if !options.prune {
         return;
