@@ -354,7 +354,11 @@ fn has_manifest_extension(name: &str) -> bool {
 
 /// Parses one file's bytes into manifests. `file` is the repo-relative name used in errors.
 pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>, Vec<ManifestError>> {
-    let Ok(text) = std::str::from_utf8(bytes) else {
+    // NUL bytes are valid UTF-8 but never text.
+    let Ok(text) = std::str::from_utf8(bytes)
+        .map_err(|_| ())
+        .and_then(|t| if t.contains('\0') { Err(()) } else { Ok(t) })
+    else {
         return Err(vec![ManifestError::NotUtf8 { file: file.into() }]);
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -387,6 +391,22 @@ fn parse_json(file: &str, text: &str) -> Result<Vec<Value>, Vec<ManifestError>> 
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
+    let origin = || Origin {
+        file: file.into(),
+        document: 0,
+        item: None,
+    };
+    // Duplicate keys: serde_json keeps the last value silently; refuse them as for YAML.
+    if let Err(e) = serde_json::from_str::<NoDuplicateKeys>(text)
+        && e.to_string().starts_with(DUPLICATE_KEY)
+    {
+        return Err(vec![ManifestError::Json {
+            origin: origin(),
+            line: e.line(),
+            column: e.column(),
+            message: format!("{DUPLICATE_KEY} (the second value would silently win; remove one)"),
+        }]);
+    }
     serde_json::from_str::<Value>(text)
         .map(|v| vec![v])
         .map_err(|e| {
@@ -401,6 +421,60 @@ fn parse_json(file: &str, text: &str) -> Result<Vec<Value>, Vec<ManifestError>> 
                 message: json_error_class(&e),
             }]
         })
+}
+
+const DUPLICATE_KEY: &str = "duplicate mapping key";
+
+/// Deserialises any JSON and fails on the first object with a key twice (the key is not quoted:
+/// key names are not secret, but the message stays uniform with YAML's).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
 }
 
 /// serde_json's messages can quote input; keep only the class of the problem.
@@ -437,6 +511,20 @@ fn parse_yaml(file: &str, text: &str) -> Result<Vec<Value>, Vec<ManifestError>> 
     let mut index = 0usize;
     for (chunk, first_line) in split_documents(text) {
         chunk_start_line = chunk_start_line.max(first_line);
+        if let Some((offset, version)) = unsupported_yaml_directive(chunk) {
+            errors.push(ManifestError::Yaml {
+                origin: Origin {
+                    file: file.into(),
+                    document: index,
+                    item: None,
+                },
+                line: first_line + offset,
+                column: 1,
+                message: format!("unsupported %YAML {version} directive (only YAML 1.x)"),
+            });
+            index += 1;
+            continue;
+        }
         if chunk.trim().is_empty() || only_comments(chunk) {
             continue;
         }
@@ -470,6 +558,15 @@ fn parse_yaml(file: &str, text: &str) -> Result<Vec<Value>, Vec<ManifestError>> 
     } else {
         Err(errors)
     }
+}
+
+/// A `%YAML` directive of another major version than 1, which a YAML processor must refuse
+/// (the parser would read the document as 1.2 anyway): its line offset and version.
+fn unsupported_yaml_directive(chunk: &str) -> Option<(u64, String)> {
+    chunk.lines().enumerate().find_map(|(i, line)| {
+        let version = line.strip_prefix("%YAML")?.split_whitespace().next()?;
+        (version.split('.').next() != Some("1")).then(|| (i as u64, truncate(version, 16)))
+    })
 }
 
 /// The parser's message without any location suffix or quoted input.
@@ -608,12 +705,13 @@ fn validate(origin: Origin, mut map: Map<String, Value>) -> Result<Manifest, Man
             });
         }
     };
+    // Even beside a name: a generated name is what the author expects, and apply never makes one.
+    if metadata.contains_key("generateName") {
+        return Err(ManifestError::GenerateName { origin, kind });
+    }
     let name = match string_field(metadata, "name") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) | None => {
-            if metadata.get("generateName").is_some() {
-                return Err(ManifestError::GenerateName { origin, kind });
-            }
             return Err(ManifestError::MissingField {
                 origin,
                 object: format!(": {kind}"),
@@ -771,6 +869,43 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn generate_name_is_refused_even_beside_a_name() {
+        let errors =
+            parse("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, generateName: a-}\n")
+                .expect_err("generateName");
+        assert!(
+            errors[0].to_string().contains("generateName"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn json_duplicate_keys_are_refused() {
+        let errors = parse_file(
+            "x.json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","name":"b"}}"#,
+        )
+        .expect_err("duplicate");
+        let message = errors[0].to_string();
+        assert!(
+            message.starts_with("x.json (document 0)") && message.contains("duplicate mapping key"),
+            "{message}"
+        );
+        assert!(!message.contains("\"b\""), "no value quoted: {message}");
+        parse_file("y.json", br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"a":"1","b":"1"}}"#)
+            .expect("distinct keys are fine");
+    }
+
+    #[test]
+    fn only_yaml_1_directives_are_accepted() {
+        let doc = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n";
+        parse(&format!("%YAML 1.2\n---\n{doc}")).expect("YAML 1.2");
+        let errors = parse(&format!("%YAML 2.0\n---\n{doc}")).expect_err("YAML 2.0");
+        assert!(errors[0].to_string().contains("%YAML 2.0"), "{}", errors[0]);
     }
 
     #[test]
