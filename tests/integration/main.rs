@@ -1,6 +1,7 @@
 //! Integration tests against the local control plane (`eval "$(tests/testbed/up)"` first).
 mod support;
 
+mod bad_input;
 mod chart;
 mod controller;
 mod docs;
