@@ -31,7 +31,7 @@ pub enum Command {
     /// Show what a sync would change (server-side dry run). Exit 0: in sync, 1: differences, 2: error.
     Diff(DiffArgs),
     /// Print the objects exactly as a sync would apply them, as YAML.
-    Render(SourceArgs),
+    Render(RenderArgs),
     /// Run in the cluster: sync every GitSync, serve metrics, probes, webhooks and the status page.
     Controller(ControllerArgs),
     /// Print the GitSync CustomResourceDefinition as YAML.
@@ -147,6 +147,15 @@ pub struct DiffArgs {
     /// Leave out objects that a sync would prune.
     #[arg(long)]
     pub no_prune: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print Secret values; by default they are shown as `***`.
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -464,6 +473,55 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
     Ok(())
 }
 
+fn is_secret(object: &serde_json::Value) -> bool {
+    object["kind"] == "Secret" && object["apiVersion"] == "v1"
+}
+
+/// Secret values are shown as kubectl diff shows them: `***` when unchanged, `*** (before)` and
+/// `*** (after)` when they differ, so a diff or a render in a CI log never carries a secret.
+pub fn mask_secret_values(
+    mut before: Option<serde_json::Value>,
+    mut after: Option<serde_json::Value>,
+) -> (Option<serde_json::Value>, Option<serde_json::Value>) {
+    use serde_json::Value;
+    let is_secret_pair = before.iter().chain(after.iter()).any(is_secret);
+    if !is_secret_pair {
+        return (before, after);
+    }
+    for field in ["data", "stringData"] {
+        let old = before
+            .as_ref()
+            .and_then(|b| b[field].as_object().cloned())
+            .unwrap_or_default();
+        let new = after
+            .as_ref()
+            .and_then(|a| a[field].as_object().cloned())
+            .unwrap_or_default();
+        let mask = |object: &mut Option<Value>,
+                    own: &serde_json::Map<String, Value>,
+                    other: &serde_json::Map<String, Value>,
+                    side: &str| {
+            if let Some(map) = object
+                .as_mut()
+                .and_then(|o| o.get_mut(field))
+                .and_then(Value::as_object_mut)
+            {
+                for (key, value) in map.iter_mut() {
+                    let same = other.get(key) == own.get(key);
+                    *value = Value::String(if same {
+                        "***".into()
+                    } else {
+                        format!("*** ({side})")
+                    });
+                }
+            }
+        };
+        mask(&mut before, &old, &new, "before");
+        mask(&mut after, &new, &old, "after");
+    }
+    (before, after)
+}
+
 async fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let mut p = prepare(&args.source, &args.apply).await?;
     p.options.dry_run = true;
@@ -477,8 +535,9 @@ async fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     }
     let mut out = std::io::stdout().lock();
     for change in &report.changes {
-        let before = change.before.as_ref().map(to_yaml).unwrap_or_default();
-        let after = change.after.as_ref().map(to_yaml).unwrap_or_default();
+        let (before, after) = mask_secret_values(change.before.clone(), change.after.clone());
+        let before = before.as_ref().map(to_yaml).unwrap_or_default();
+        let after = after.as_ref().map(to_yaml).unwrap_or_default();
         let diff = similar::TextDiff::from_lines(&before, &after);
         let old = if change.before.is_some() {
             format!("live/{}", change.object)
@@ -503,7 +562,9 @@ async fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run_render(args: SourceArgs) -> anyhow::Result<ExitCode> {
+async fn run_render(render: RenderArgs) -> anyhow::Result<ExitCode> {
+    let args_show_secrets = render.show_secrets;
+    let args = render.source;
     let apply = ApplyArgs {
         field_manager: crate::FIELD_MANAGER.into(),
         force_conflicts: true,
@@ -520,7 +581,13 @@ async fn run_render(args: SourceArgs) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             for o in objects {
                 let hash = crate::apply::desired_hash(&o.desired);
-                let mut object = o.desired;
+                let mut object = if args_show_secrets {
+                    o.desired
+                } else {
+                    mask_secret_values(Some(o.desired.clone()), Some(o.desired))
+                        .0
+                        .unwrap_or_default()
+                };
                 object["metadata"]["annotations"][crate::apply::HASH_ANNOTATION] =
                     serde_json::Value::String(hash);
                 write!(out, "---\n{}", to_yaml(&object))?;
@@ -542,6 +609,24 @@ fn to_yaml(value: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_values_are_masked_like_kubectl_diff() {
+        let secret = |v: &str| serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"same": "c2FtZQ==", "changed": v}});
+        let (before, after) = mask_secret_values(Some(secret("b2xk")), Some(secret("bmV3")));
+        let (before, after) = (before.expect("before"), after.expect("after"));
+        assert_eq!(before["data"]["same"], "***");
+        assert_eq!(after["data"]["same"], "***");
+        assert_eq!(before["data"]["changed"], "*** (before)");
+        assert_eq!(after["data"]["changed"], "*** (after)");
+        let text = format!("{before}{after}");
+        assert!(!text.contains("b2xk") && !text.contains("bmV3") && !text.contains("c2FtZQ=="));
+        // A new Secret: every value masked; other kinds untouched.
+        let (_, created) = mask_secret_values(None, Some(secret("bmV3")));
+        assert_eq!(created.expect("after")["data"]["changed"], "*** (after)");
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}});
+        assert_eq!(mask_secret_values(Some(cm.clone()), None).0, Some(cm));
+    }
+
     use super::*;
     use clap::CommandFactory;
 
