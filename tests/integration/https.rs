@@ -13,13 +13,13 @@ use crate::engine::configmap;
 use crate::git::{GitRepo, free_port, git};
 use crate::support::TestNamespace;
 
-const USER: &str = "alice";
-const PASSWORD: &str = "tok3n-Zq9-never-printed";
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "tok3n-Zq9-never-printed";
 
-struct Lighttpd {
+pub struct Lighttpd {
     child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
 }
 
 impl Drop for Lighttpd {
@@ -102,7 +102,7 @@ fn make_certificates(dir: &Path) {
 
 /// lighttpd serving `git http-backend` for the repositories under `project_root` at `/git/`,
 /// requiring basic auth.
-fn start_lighttpd(project_root: &Path) -> Lighttpd {
+pub fn start_lighttpd(project_root: &Path) -> Lighttpd {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     make_certificates(d);

@@ -11,6 +11,7 @@ mod flux;
 mod git;
 mod homelab;
 mod https;
+mod security;
 mod ssh;
 mod testbed;
 mod tutorial;
