@@ -6,6 +6,7 @@ mod chart;
 mod controller;
 mod docs;
 mod engine;
+mod faults;
 mod fixtures;
 mod flux;
 mod git;

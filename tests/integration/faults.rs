@@ -1,0 +1,305 @@
+//! Faults on a private control plane (its own ports and state, so other tests keep theirs):
+//! kube-apiserver is SIGKILLed in the middle of a sync, ten times at different moments, and
+//! restarted. Nothing may be lost or pruned by a sync that failed, the ApplySet parent must already
+//! record the group-kinds, and the next sync must converge.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use crate::support::repo_root;
+
+struct PrivateTestbed {
+    env: Vec<(&'static str, String)>,
+    state: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl PrivateTestbed {
+    fn up() -> PrivateTestbed {
+        let state = tempfile::tempdir().expect("tempdir");
+        let env = vec![
+            (
+                "KUBESYNC_TESTBED_STATE",
+                state.path().join("tb").display().to_string(),
+            ),
+            ("KUBESYNC_TESTBED_ETCD_PORT", "34790".into()),
+            ("KUBESYNC_TESTBED_ETCD_PEER_PORT", "34800".into()),
+            ("KUBESYNC_TESTBED_APISERVER_PORT", "37443".into()),
+            ("KUBESYNC_TESTBED_KCM_PORT", "31257".into()),
+            ("KUBESYNC_TESTBED_SCHEDULER_PORT", "31259".into()),
+            ("KUBESYNC_TESTBED_KWOK_PORT", "31247".into()),
+        ];
+        let out = Command::new(repo_root().join("tests/testbed/up"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("tests/testbed/up");
+        assert!(
+            out.status.success(),
+            "private testbed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let kubeconfig = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+            .map(|p| PathBuf::from(p.trim_matches(['\'', '"'])))
+            .expect("KUBECONFIG line");
+        PrivateTestbed {
+            env,
+            state,
+            kubeconfig,
+        }
+    }
+
+    fn pid_file(&self, component: &str) -> PathBuf {
+        self.state
+            .path()
+            .join("tb/pids")
+            .join(format!("{component}.pid"))
+    }
+
+    async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config");
+        assert_eq!(config.cluster_url.host(), Some("127.0.0.1"));
+        Client::try_from(config).expect("client")
+    }
+}
+
+impl Drop for PrivateTestbed {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("tests/testbed/down"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output();
+    }
+}
+
+/// SIGKILLs kube-apiserver; returns its command line, to start it again the same way.
+fn kill_apiserver(testbed: &PrivateTestbed) -> (i32, Vec<String>) {
+    let pid: i32 = std::fs::read_to_string(testbed.pid_file("kube-apiserver"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    (pid, args)
+}
+
+fn restart_apiserver(testbed: &PrivateTestbed, old_pid: i32, args: &[String]) {
+    // The old process must be gone (its port free) before the new one binds.
+    for _ in 0..100 {
+        let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(testbed.state.path().join("tb/logs/kube-apiserver.log"))
+        .expect("log");
+    let child = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("restart kube-apiserver");
+    std::fs::write(testbed.pid_file("kube-apiserver"), child.id().to_string()).expect("pid file");
+    // The testbed's down stops it through the pid file; nothing waits on it here.
+    std::mem::forget(child);
+}
+
+async fn wait_ready(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .expect("request");
+        if let Ok(text) = client.request_text(req).await
+            && text.trim() == "ok"
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-apiserver did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn write_repo(dir: &Path, names: &[usize], value: &str) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for i in names {
+        std::fs::write(
+            dir.join(format!("cm-{i}.yaml")),
+            crate::engine::configmap(&format!("cm-{i}"), value),
+        )
+        .expect("write");
+    }
+}
+
+fn sync_command(testbed: &PrivateTestbed, dir: &Path, ns: &str, cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubesync"));
+    command
+        .args(["sync", "--repo"])
+        .arg(dir)
+        .args(["--name", "faults", "-n", ns, "--cache-dir"])
+        .arg(cache)
+        .env("KUBECONFIG", &testbed.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[tokio::test]
+async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() {
+    let testbed = PrivateTestbed::up();
+    let client = testbed.client().await;
+    let ns = "faults";
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("repo");
+    let cache = work.path().join("cache");
+    let mut in_git: Vec<usize> = (0..300).collect();
+    write_repo(&dir, &in_git, "v0");
+    let out = sync_command(&testbed, &dir, ns, &cache)
+        .output()
+        .expect("sync");
+    assert!(
+        out.status.success(),
+        "baseline: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut hit = 0;
+    for trial in 0..10usize {
+        // Git drops 3 objects and changes every other one.
+        let removed: Vec<usize> = in_git.drain(..3).collect();
+        let value = format!("v{}", trial + 1);
+        write_repo(&dir, &in_git, &value);
+        let sync = sync_command(&testbed, &dir, ns, &cache)
+            .spawn()
+            .expect("sync");
+        tokio::time::sleep(Duration::from_millis(80 + 60 * trial as u64)).await;
+        let (pid, args) = kill_apiserver(&testbed);
+        let out = tokio::task::spawn_blocking(move || sync.wait_with_output())
+            .await
+            .expect("join")
+            .expect("sync output");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "trial {trial}: no panic"
+        );
+        restart_apiserver(&testbed, pid, &args);
+        wait_ready(&client).await;
+        if out.status.success() {
+            eprintln!("trial {trial}: the sync finished before the kill");
+        } else {
+            hit += 1;
+            assert!(
+                stdout.contains("not pruning"),
+                "trial {trial}: says it does not prune: {stdout}"
+            );
+            for i in &removed {
+                assert!(
+                    configmaps
+                        .get_opt(&format!("cm-{i}"))
+                        .await
+                        .expect("get")
+                        .is_some(),
+                    "trial {trial}: cm-{i} was pruned by a failed sync"
+                );
+            }
+        }
+        // Nothing Git still holds was lost, whatever the moment of the kill.
+        let listed = configmaps.list(&Default::default()).await.expect("list");
+        let names: std::collections::BTreeSet<String> = listed
+            .items
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        for i in &in_git {
+            assert!(
+                names.contains(&format!("cm-{i}")),
+                "trial {trial}: cm-{i} lost"
+            );
+        }
+        // The parent recorded the group-kind before anything was applied: no orphan.
+        let parent = Api::<Secret>::namespaced(client.clone(), ns)
+            .get("faults")
+            .await
+            .expect("parent");
+        let kinds = parent
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("applyset.kubernetes.io/contains-group-kinds")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            kinds.contains("ConfigMap"),
+            "trial {trial}: parent records ConfigMap: {kinds}"
+        );
+
+        // Once the fault has cleared, the next sync converges.
+        let out = sync_command(&testbed, &dir, ns, &cache)
+            .output()
+            .expect("sync");
+        assert!(
+            out.status.success(),
+            "trial {trial}: converges: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for i in &removed {
+            assert!(
+                configmaps
+                    .get_opt(&format!("cm-{i}"))
+                    .await
+                    .expect("get")
+                    .is_none(),
+                "trial {trial}: cm-{i} pruned after recovery"
+            );
+        }
+        let sample = configmaps
+            .get(&format!("cm-{}", in_git[in_git.len() / 2]))
+            .await
+            .expect("get");
+        assert_eq!(
+            sample.data.unwrap_or_default().get("key"),
+            Some(&value),
+            "trial {trial}: current value"
+        );
+    }
+    eprintln!("apiserver killed mid-sync in {hit} of 10 trials");
+    assert!(
+        hit >= 5,
+        "the kill must land mid-sync in most trials (it did in {hit})"
+    );
+}
