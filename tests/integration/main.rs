@@ -10,6 +10,7 @@ mod faults;
 mod fixtures;
 mod flux;
 mod git;
+mod git_faults;
 mod homelab;
 mod https;
 mod security;

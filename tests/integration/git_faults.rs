@@ -1,0 +1,201 @@
+//! Faults of the Git side: a server that accepts and never answers (the timeout is honoured), the
+//! repository deleted, history replaced by an unrelated one, and a cache that cannot be written.
+//! Each: the sync fails fast and says why, nothing is lost or pruned, and once the fault clears
+//! the next sync converges.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kubesync::source::{GitRef, SourceSpec};
+use kubesync::sync::{PruneBlocked, SyncOptions, SyncReport};
+
+use crate::engine::configmap;
+use crate::git::{GitDaemon, GitRepo, git};
+use crate::support::TestNamespace;
+
+async fn sync(ns: &TestNamespace, url: &str, cache: &Path, timeout: Duration) -> SyncReport {
+    let spec = SourceSpec {
+        url: url.into(),
+        reference: GitRef::Branch("main".into()),
+        auth: Default::default(),
+        timeout,
+    };
+    kubesync::sync::sync_source(
+        &ns.client,
+        &spec,
+        cache,
+        &SyncOptions::new(&ns.name, &ns.name),
+    )
+    .await
+}
+
+async fn present(ns: &TestNamespace, name: &str) -> bool {
+    let api: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.get_opt(name).await.expect("get").is_some()
+}
+
+fn assert_failed_in_source_without_prune(report: &SyncReport, says: &str) {
+    assert!(!report.succeeded(), "must fail: {:?}", report.objects);
+    assert_eq!(report.failure, Some("source"));
+    assert!(matches!(report.prune_blocked, Some(PruneBlocked::Failure)));
+    assert_eq!(report.summary.pruned, 0);
+    let errors = report.errors.join("\n");
+    assert!(
+        errors.to_lowercase().contains(says),
+        "the error says {says:?}: {errors}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_and_prunes_nothing() {
+    let ns = TestNamespace::new("gf-slow").await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "1"));
+    repo.commit_and_push("a");
+    let daemon = GitDaemon::start(repo.root.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    assert!(
+        sync(&ns, &url, cache.path(), Duration::from_secs(20))
+            .await
+            .succeeded()
+    );
+
+    // A listener that accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok((stream, _)) = silent.accept() {
+                held.push(stream);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let started = Instant::now();
+    let report = sync(
+        &ns,
+        &format!("git://127.0.0.1:{port}/remote.git"),
+        cache.path(),
+        Duration::from_secs(3),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_failed_in_source_without_prune(&report, "timed out");
+    assert!(
+        took < Duration::from_secs(8),
+        "the 3 s timeout is honoured (took {took:?})"
+    );
+    assert!(present(&ns, "a").await);
+    drop(hold);
+}
+
+#[tokio::test]
+async fn a_deleted_repository_fails_and_a_restored_one_converges() {
+    let ns = TestNamespace::new("gf-gone").await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "1"));
+    repo.write("b.yaml", &configmap("b", "1"));
+    repo.commit_and_push("ab");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let cache = tempfile::tempdir().expect("cache");
+    assert!(
+        sync(&ns, &url, cache.path(), Duration::from_secs(20))
+            .await
+            .succeeded()
+    );
+
+    let remote = repo.remote();
+    let parked = repo.root.path().join("parked.git");
+    std::fs::rename(&remote, &parked).expect("delete the repository");
+    let report = sync(&ns, &url, cache.path(), Duration::from_secs(20)).await;
+    assert!(!report.succeeded());
+    assert_eq!(report.failure, Some("source"));
+    assert!(matches!(report.prune_blocked, Some(PruneBlocked::Failure)));
+    assert!(
+        present(&ns, "a").await && present(&ns, "b").await,
+        "nothing lost"
+    );
+
+    // Back, with b removed meanwhile: the next sync follows it.
+    std::fs::rename(&parked, &remote).expect("restore");
+    repo.remove("b.yaml");
+    repo.commit_and_push("drop b");
+    let report = sync(&ns, &url, cache.path(), Duration::from_secs(20)).await;
+    assert!(report.succeeded(), "{:?}", report.errors);
+    assert!(present(&ns, "a").await && !present(&ns, "b").await);
+}
+
+#[tokio::test]
+async fn history_replaced_by_an_unrelated_one_is_followed() {
+    let ns = TestNamespace::new("gf-orphan").await;
+    let repo = GitRepo::new();
+    repo.write("old.yaml", &configmap("old", "1"));
+    let first = repo.commit_and_push("old history");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let cache = tempfile::tempdir().expect("cache");
+    assert!(
+        sync(&ns, &url, cache.path(), Duration::from_secs(20))
+            .await
+            .succeeded()
+    );
+
+    // An orphan branch with nothing in common, force-pushed over main.
+    git(&repo.work(), &["checkout", "-q", "--orphan", "fresh"]);
+    git(&repo.work(), &["rm", "-q", "-rf", "."]);
+    repo.write("new.yaml", &configmap("new", "1"));
+    let replaced = repo.commit_and_push("unrelated history");
+    let merge_base = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo.work())
+        .args(["merge-base", &first, &replaced])
+        .output()
+        .expect("git");
+    assert!(!merge_base.status.success(), "the histories share nothing");
+    let report = sync(&ns, &url, cache.path(), Duration::from_secs(20)).await;
+    assert!(report.succeeded(), "{:?}", report.errors);
+    assert_eq!(report.revision.as_deref(), Some(replaced.as_str()));
+    assert!(present(&ns, "new").await && !present(&ns, "old").await);
+}
+
+#[tokio::test]
+async fn an_unusable_cache_fails_clearly_and_prunes_nothing() {
+    let ns = TestNamespace::new("gf-cache").await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "1"));
+    repo.commit_and_push("a");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    assert!(
+        sync(&ns, &url, &cache, Duration::from_secs(20))
+            .await
+            .succeeded()
+    );
+
+    // The cache path becomes a file (root ignores permission bits, so a mode would prove nothing).
+    std::fs::remove_dir_all(&cache).expect("rm");
+    std::fs::write(&cache, b"not a directory").expect("write");
+    repo.remove("a.yaml");
+    repo.write("b.yaml", &configmap("b", "1"));
+    repo.commit_and_push("replace a");
+    let report = sync(&ns, &url, &cache, Duration::from_secs(20)).await;
+    assert!(!report.succeeded());
+    assert!(matches!(report.prune_blocked, Some(PruneBlocked::Failure)));
+    let errors = report.errors.join("\n");
+    assert!(
+        errors.contains("cache directory"),
+        "names the cache: {errors}"
+    );
+    assert!(present(&ns, "a").await, "nothing pruned");
+
+    std::fs::remove_file(&cache).expect("rm");
+    let report = sync(&ns, &url, &cache, Duration::from_secs(20)).await;
+    assert!(report.succeeded(), "{:?}", report.errors);
+    assert!(!present(&ns, "a").await && present(&ns, "b").await);
+}
