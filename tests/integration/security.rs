@@ -391,3 +391,61 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
     assert!(log.contains("sync finished"), "the log has content: {log}");
     assert_clean("controller log", &log);
 }
+
+/// The controller works with a read-only root filesystem and only its cache writable, as the
+/// chart runs it: a private mount namespace remounts / read-only and mounts a tmpfs on the cache.
+#[tokio::test]
+async fn the_controller_writes_only_to_its_cache() {
+    let ns = TestNamespace::new("ro").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "1"));
+    let commit = repo.commit_and_push("a");
+    let daemon = GitDaemon::start(repo.root.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let port = crate::git::free_port();
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs tmpfs {cache} && mount -o remount,bind,ro / && \
+         touch /probe-ro 2>/dev/null && echo 'root is writable' >&2 && exit 3; \
+         exec {bin} controller --watch-namespace {ns} --http-addr 127.0.0.1:{port} --cache-dir {cache}",
+        cache = cache.path().display(),
+        bin = env!("CARGO_BIN_EXE_kubesync"),
+        ns = ns.name,
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "bash", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let api = create_gitsync(
+        &ns,
+        "ro",
+        json!({"url": format!("git://127.0.0.1:{}/remote.git", daemon.port), "interval": "1h"}),
+    )
+    .await;
+    let ready = tokio::time::timeout(
+        Duration::from_secs(40),
+        eventually(
+            Duration::from_secs(40),
+            "GitSync Ready on a read-only root",
+            || async {
+                let s = api.get("ro").await.ok()?.status?;
+                (s.last_applied_revision.as_deref() == Some(commit.as_str())).then_some(())
+            },
+        ),
+    )
+    .await;
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(ready.is_ok(), "not Ready: {log}");
+    assert!(
+        !log.contains("root is writable"),
+        "the root must be read-only in the test"
+    );
+    assert!(
+        !log.to_lowercase().contains("read-only file system"),
+        "{log}"
+    );
+}
