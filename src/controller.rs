@@ -588,16 +588,12 @@ fn status_after(
 async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncReport {
     let namespace = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
-    let fail = |category: &'static str, message: String| {
-        let mut report = SyncReport {
-            name: name.clone(),
-            errors: vec![message],
-            failure: Some(category),
-            prune_blocked: Some(crate::sync::PruneBlocked::Failure),
-            ..Default::default()
-        };
-        report.revision = None;
-        report
+    let fail = |category: &'static str, message: String| SyncReport {
+        name: name.clone(),
+        errors: vec![message],
+        failure: Some(category),
+        prune_blocked: Some(crate::sync::PruneBlocked::Failure),
+        ..Default::default()
     };
     let work_dir = ctx.config.cache_dir.join(&namespace).join(&name);
     let auth = match credentials(ctx, sync, &work_dir).await {
@@ -767,11 +763,7 @@ pub async fn run_process(
     info!(addr = %process.http_addr, "HTTP listener: /metrics /healthz /readyz /hooks/<namespace>/<name> and the status page /");
     let http = tokio::spawn({
         let shutdown = stopped(stop_rx.clone());
-        async move {
-            axum::serve(listener, crate::http::router(http_state))
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        crate::http::serve(listener, http_state, shutdown)
     });
 
     // The GitSync API must answer (the CRD installed, RBAC in place) before anything else.
