@@ -187,6 +187,12 @@ pub struct ControllerArgs {
     /// Namespace of the Lease. Default: the pod's ($POD_NAMESPACE), else the kubeconfig's.
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// How long a Lease that is not renewed stays held (client-go's LeaseDuration).
+    #[arg(long, env = "KUBESYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// A leader that cannot renew within this time stops (shorter than --lease-duration).
+    #[arg(long, env = "KUBESYNC_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
     /// This replica's name in the Lease and in Events. Default: $POD_NAME, else host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -306,6 +312,13 @@ async fn kube_config(
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
+    if args.leader_election && args.renew_deadline >= args.lease_duration {
+        anyhow::bail!(
+            "--renew-deadline ({:?}) must be shorter than --lease-duration ({:?})",
+            args.renew_deadline,
+            args.lease_duration
+        );
+    }
     let config = kube_config(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
     let default_namespace = config.default_namespace.clone();
     let client =
@@ -330,10 +343,15 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let process = crate::controller::ProcessConfig {
         http_addr: args.http_addr,
         lease: args.leader_election.then(|| {
-            (
-                args.lease_name.clone(),
-                args.lease_namespace.clone().unwrap_or(default_namespace),
-            )
+            let mut lease = crate::lease::LeaseConfig::new(
+                &args.lease_name,
+                &args.lease_namespace.clone().unwrap_or(default_namespace),
+                &settings.identity,
+            );
+            lease.lease_duration = args.lease_duration;
+            lease.renew_deadline = args.renew_deadline;
+            lease.retry_period = lease.retry_period.min(args.renew_deadline / 2);
+            lease
         }),
     };
     crate::controller::run_process(client, config, settings, process).await?;

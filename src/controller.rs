@@ -52,6 +52,9 @@ pub struct Context {
     pub config: ControllerConfig,
     /// Per GitSync (`namespace/name`): consecutive failures, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per GitSync: the last sync this process finished, for when the watch has not yet
+    /// delivered the status it wrote (a stale status must not start the same sync twice).
+    finished: Mutex<HashMap<String, Finished>>,
     impersonating: Mutex<HashMap<String, Client>>,
     stop: watch::Receiver<bool>,
 }
@@ -66,6 +69,14 @@ pub enum ControllerError {
     },
 }
 
+/// What a finished sync wrote into the status fields that decide whether the next one is due.
+#[derive(Clone, Debug)]
+struct Finished {
+    time: Timestamp,
+    generation: Option<i64>,
+    requested_at: Option<String>,
+}
+
 /// Condition reasons (kstatus).
 mod reason {
     pub const SUCCEEDED: &str = "Succeeded";
@@ -73,6 +84,7 @@ mod reason {
     pub const PROGRESSING: &str = "Progressing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SUSPENDED: &str = "Suspended";
+    pub const INTERRUPTED: &str = "Interrupted";
 }
 
 impl Context {
@@ -89,6 +101,7 @@ impl Context {
             metrics,
             config,
             failures: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashMap::new()),
             impersonating: Mutex::new(HashMap::new()),
             stop,
         }
@@ -121,6 +134,21 @@ impl Context {
             .get(key)
             .copied()
             .unwrap_or(0)
+    }
+
+    fn finished(&self, key: &str) -> Option<Finished> {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn set_finished(&self, key: &str, finished: Finished) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.into(), finished);
     }
 
     fn set_failures(&self, key: &str, count: u32) {
@@ -200,6 +228,29 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 enum Due {
     Now(&'static str),
     In(Duration),
+}
+
+/// The status as this process knows it: what the watch delivered, or, when this process has
+/// since finished a sync the watch has not shown yet, that sync's fields.
+fn known_status(status: &GitSyncStatus, finished: Option<&Finished>) -> GitSyncStatus {
+    let mut status = status.clone();
+    if let Some(f) = finished
+        && status.last_sync_time.as_ref().is_none_or(|t| t.0 < f.time)
+    {
+        status.last_sync_time = Some(Time(f.time));
+        status.observed_generation = f.generation;
+        status.last_handled_requested_at = f.requested_at.clone();
+    }
+    status
+}
+
+/// Whether the status shows a sync that started and never finished: `Reconciling` left at
+/// Progressing by a process that stopped (SIGKILL, lost lease) before writing the result.
+fn interrupted_sync(status: &GitSyncStatus) -> Option<&Condition> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling" && c.status == "True" && c.reason == reason::PROGRESSING)
 }
 
 fn due(sync: &GitSync, interval: Duration, failures: u32, now: Timestamp) -> Due {
@@ -389,7 +440,10 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         return Ok(Action::await_change());
     }
     let failures = ctx.failure_count(&key);
-    let why = match due(&sync, interval, failures, Timestamp::now()) {
+    let finished_here = ctx.finished(&key);
+    let mut view = (*sync).clone();
+    view.status = Some(known_status(&old_status, finished_here.as_ref()));
+    let why = match due(&view, interval, failures, Timestamp::now()) {
         Due::In(wait) => return Ok(Action::requeue(wait)),
         Due::Now(why) => why,
     };
@@ -397,6 +451,30 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         return Ok(Action::await_change());
     }
     info!(sync = %key, why, "sync due");
+    let mut old_status = old_status;
+    if finished_here.is_none()
+        && let Some(left) = interrupted_sync(&old_status)
+    {
+        // Nothing of that sync's result was recorded; say so before syncing again. (The
+        // engine records group-kinds in the parent before applying, so nothing is orphaned.)
+        let note = format!(
+            "the previous sync did not finish ({}, started {}): its controller stopped or lost \
+             the lease; syncing again",
+            left.message, left.last_transition_time.0
+        );
+        warn!(sync = %key, "{note}");
+        ctx.metrics.record_interrupted(&key);
+        old_status.history.insert(
+            0,
+            SyncHistoryEntry {
+                revision: None,
+                result: reason::INTERRUPTED.into(),
+                duration_seconds: 0.0,
+                time: left.last_transition_time.clone(),
+            },
+        );
+        publish(&ctx, &sync, EventType::Warning, reason::INTERRUPTED, note).await;
+    }
     // Reconciling while the sync runs.
     let mut progressing = old_status.conditions.clone();
     progressing.retain(|c| c.type_ != "Reconciling");
@@ -404,7 +482,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         "Reconciling",
         true,
         reason::PROGRESSING,
-        &format!("syncing ({why})"),
+        &format!("syncing ({why}) on {}", ctx.config.identity),
         generation,
     ));
     patch_status(
@@ -432,6 +510,14 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
 
     let status = status_after(&sync, &old_status, &report, managed, generation);
     patch_status(&ctx, &sync, status).await?;
+    ctx.set_finished(
+        &key,
+        Finished {
+            time: Timestamp::now(),
+            generation,
+            requested_at: sync.annotations().get(REQUESTED_AT_ANNOTATION).cloned(),
+        },
+    );
 
     let changed = report.summary.created + report.summary.configured + report.summary.pruned;
     let revision = report
@@ -721,8 +807,8 @@ async fn credentials(
 #[derive(Clone, Debug)]
 pub struct ProcessConfig {
     pub http_addr: std::net::SocketAddr,
-    /// Leader election: (lease name, lease namespace). None: this replica always syncs.
-    pub lease: Option<(String, String)>,
+    /// Leader election. None: this replica always syncs.
+    pub lease: Option<crate::lease::LeaseConfig>,
 }
 
 /// The controller process: HTTP listener, leader election, the reconcile loop, and a clean exit on
@@ -785,12 +871,10 @@ pub async fn run_process(
     }
     readiness.api_reachable.store(true, Ordering::Relaxed);
 
-    let mut elector = process.lease.as_ref().map(|(name, namespace)| {
-        crate::lease::Elector::new(
-            client.clone(),
-            crate::lease::LeaseConfig::new(name, namespace, &config.identity),
-        )
-    });
+    let mut elector = process
+        .lease
+        .clone()
+        .map(|lease| crate::lease::Elector::new(client.clone(), lease));
     if let Some(elector) = elector.as_mut() {
         let retry = elector.config().retry_period;
         loop {
@@ -908,6 +992,63 @@ mod tests {
             last_handled_requested_at: requested.map(String::from),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_status_the_watch_has_not_delivered_yet_does_not_start_the_same_sync_again() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+        let t1 = t0
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(60))
+            .expect("t");
+        let minute = Duration::from_secs(60);
+        // The watch still shows the status before the request was handled at t1.
+        let stale = sync_with(Some(synced(t0, None)), 2, Some("a"));
+        assert_eq!(due(&stale, minute, 0, t1), Due::Now("spec changed"));
+        let finished = Finished {
+            time: t1,
+            generation: Some(2),
+            requested_at: Some("a".into()),
+        };
+        let mut view = stale.clone();
+        view.status = Some(known_status(
+            stale.status.as_ref().expect("status"),
+            Some(&finished),
+        ));
+        assert_eq!(due(&view, minute, 0, t1), Due::In(minute));
+        // Once the watch shows a newer status, that one counts.
+        let t2 = t1
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5))
+            .expect("t");
+        let newer = synced(t2, Some("a"));
+        assert_eq!(
+            known_status(&newer, Some(&finished)).last_sync_time,
+            Some(Time(t2))
+        );
+    }
+
+    #[test]
+    fn a_reconciling_condition_left_at_progressing_is_an_interrupted_sync() {
+        let mut status = synced(Timestamp::now(), None);
+        assert!(interrupted_sync(&status).is_none());
+        status.conditions = vec![condition(
+            "Reconciling",
+            true,
+            reason::PROGRESSING,
+            "syncing (interval) on one",
+            Some(1),
+        )];
+        assert_eq!(
+            interrupted_sync(&status).map(|c| c.message.as_str()),
+            Some("syncing (interval) on one")
+        );
+        status.conditions = vec![condition(
+            "Reconciling",
+            false,
+            reason::SUCCEEDED,
+            "",
+            Some(1),
+        )];
+        assert!(interrupted_sync(&status).is_none());
     }
 
     #[test]

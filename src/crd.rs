@@ -173,7 +173,7 @@ pub struct SyncSummary {
 pub struct SyncHistoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// `Succeeded` or `Failed`.
+    /// `Succeeded`, `Failed`, or `Interrupted` (started and never finished: its controller stopped).
     pub result: String,
     /// Seconds the sync took.
     pub duration_seconds: f64,

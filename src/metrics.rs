@@ -23,6 +23,9 @@ pub struct SyncLabels {
 pub enum RunResult {
     success,
     failure,
+    /// Started and never finished (the process stopped or lost its lease mid-sync); counted by
+    /// the replica that finds it.
+    interrupted,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -305,6 +308,16 @@ impl Metrics {
                 revision: revision.into(),
             })
             .set(1);
+    }
+
+    /// A sync that another process (or an earlier run of this one) started and never finished.
+    pub fn record_interrupted(&self, sync: &str) {
+        self.runs
+            .get_or_create(&RunLabels {
+                sync: sync.into(),
+                result: RunResult::interrupted,
+            })
+            .inc();
     }
 
     pub fn set_suspended(&self, sync: &str, suspended: bool) {
