@@ -55,6 +55,8 @@ pub struct Context {
     /// Per GitSync: the last sync this process finished, for when the watch has not yet
     /// delivered the status it wrote (a stale status must not start the same sync twice).
     finished: Mutex<HashMap<String, Finished>>,
+    /// GitSyncs this process has started a sync for.
+    started: Mutex<std::collections::HashSet<String>>,
     impersonating: Mutex<HashMap<String, Client>>,
     stop: watch::Receiver<bool>,
 }
@@ -102,6 +104,7 @@ impl Context {
             config,
             failures: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
+            started: Mutex::new(Default::default()),
             impersonating: Mutex::new(HashMap::new()),
             stop,
         }
@@ -142,6 +145,14 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()
+    }
+
+    /// Notes that this process starts a sync of `key`; true the first time.
+    fn first_start(&self, key: &str) -> bool {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.into())
     }
 
     fn set_finished(&self, key: &str, finished: Finished) {
@@ -195,9 +206,11 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(_sync: Arc<GitSync>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+fn error_policy(sync: Arc<GitSync>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
     warn!(%error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    // Within one interval, so that a GitSync converges within two once the API is back.
+    let interval = sync.spec.interval().unwrap_or(Duration::from_secs(5));
+    Action::requeue(interval.clamp(Duration::from_secs(1), Duration::from_secs(5)))
 }
 
 fn key_of(sync: &GitSync) -> String {
@@ -452,7 +465,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     }
     info!(sync = %key, why, "sync due");
     let mut old_status = old_status;
-    if finished_here.is_none()
+    if ctx.first_start(&key)
         && let Some(left) = interrupted_sync(&old_status)
     {
         // Nothing of that sync's result was recorded; say so before syncing again. (The

@@ -194,11 +194,11 @@ fn kubectl_wait_ready(ns: &str, name: &str, timeout: &str) {
     );
 }
 
-async fn applied_revision(api: &Api<GitSync>, name: &str) -> Option<String> {
+pub async fn applied_revision(api: &Api<GitSync>, name: &str) -> Option<String> {
     api.get(name).await.ok()?.status?.last_applied_revision
 }
 
-async fn wait_for_revision(
+pub async fn wait_for_revision(
     api: &Api<GitSync>,
     name: &str,
     revision: &str,
@@ -598,7 +598,7 @@ async fn prometheus_scrapes_the_metrics_and_the_status_page_shows_the_revision()
     drop(guard);
 }
 
-async fn lease_holder(ns: &TestNamespace) -> Option<String> {
+pub async fn lease_holder(ns: &TestNamespace) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
     leases
         .get_opt("kubesync")

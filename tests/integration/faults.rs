@@ -1,7 +1,8 @@
 //! Faults on a private control plane (its own ports and state, so other tests keep theirs):
-//! kube-apiserver is SIGKILLed in the middle of a sync, ten times at different moments, and
-//! restarted. Nothing may be lost or pruned by a sync that failed, the ApplySet parent must already
-//! record the group-kinds, and the next sync must converge.
+//! kube-apiserver SIGKILLed in the middle of a `kubesync sync` and restarted, and etcd SIGKILLed
+//! and restarted while the controller syncs, ten times each at different moments. Nothing may be
+//! lost or pruned by a sync that failed, the ApplySet parent must already record the group-kinds,
+//! and the next sync must converge.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,19 +20,21 @@ struct PrivateTestbed {
 }
 
 impl PrivateTestbed {
-    fn up() -> PrivateTestbed {
+    /// `slot` picks a set of ports, so that two private control planes can run at once.
+    fn up(slot: u16) -> PrivateTestbed {
         let state = tempfile::tempdir().expect("tempdir");
+        let port = |base: u16| (base + 3 * slot).to_string();
         let env = vec![
             (
                 "KUBESYNC_TESTBED_STATE",
                 state.path().join("tb").display().to_string(),
             ),
-            ("KUBESYNC_TESTBED_ETCD_PORT", "34790".into()),
-            ("KUBESYNC_TESTBED_ETCD_PEER_PORT", "34800".into()),
-            ("KUBESYNC_TESTBED_APISERVER_PORT", "37443".into()),
-            ("KUBESYNC_TESTBED_KCM_PORT", "31257".into()),
-            ("KUBESYNC_TESTBED_SCHEDULER_PORT", "31259".into()),
-            ("KUBESYNC_TESTBED_KWOK_PORT", "31247".into()),
+            ("KUBESYNC_TESTBED_ETCD_PORT", port(34790)),
+            ("KUBESYNC_TESTBED_ETCD_PEER_PORT", port(34800)),
+            ("KUBESYNC_TESTBED_APISERVER_PORT", port(37443)),
+            ("KUBESYNC_TESTBED_KCM_PORT", port(31257)),
+            ("KUBESYNC_TESTBED_SCHEDULER_PORT", port(31259)),
+            ("KUBESYNC_TESTBED_KWOK_PORT", port(31247)),
         ];
         let out = Command::new(repo_root().join("tests/testbed/up"))
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -80,9 +83,10 @@ impl Drop for PrivateTestbed {
     }
 }
 
-/// SIGKILLs kube-apiserver; returns its command line, to start it again the same way.
-fn kill_apiserver(testbed: &PrivateTestbed) -> (i32, Vec<String>) {
-    let pid: i32 = std::fs::read_to_string(testbed.pid_file("kube-apiserver"))
+/// SIGKILLs a component (`kube-apiserver`, `etcd`); returns its pid and command line, to start
+/// it again the same way.
+fn kill_component(testbed: &PrivateTestbed, component: &str) -> (i32, Vec<String>) {
+    let pid: i32 = std::fs::read_to_string(testbed.pid_file(component))
         .expect("pid file")
         .trim()
         .parse()
@@ -101,7 +105,7 @@ fn kill_apiserver(testbed: &PrivateTestbed) -> (i32, Vec<String>) {
     (pid, args)
 }
 
-fn restart_apiserver(testbed: &PrivateTestbed, old_pid: i32, args: &[String]) {
+fn restart_component(testbed: &PrivateTestbed, component: &str, old_pid: i32, args: &[String]) {
     // The old process must be gone (its port free) before the new one binds.
     for _ in 0..100 {
         let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap_or_default();
@@ -113,7 +117,12 @@ fn restart_apiserver(testbed: &PrivateTestbed, old_pid: i32, args: &[String]) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(testbed.state.path().join("tb/logs/kube-apiserver.log"))
+        .open(
+            testbed
+                .state
+                .path()
+                .join(format!("tb/logs/{component}.log")),
+        )
         .expect("log");
     let child = Command::new(&args[0])
         .args(&args[1..])
@@ -121,8 +130,8 @@ fn restart_apiserver(testbed: &PrivateTestbed, old_pid: i32, args: &[String]) {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("restart kube-apiserver");
-    std::fs::write(testbed.pid_file("kube-apiserver"), child.id().to_string()).expect("pid file");
+        .unwrap_or_else(|e| panic!("restart {component}: {e}"));
+    std::fs::write(testbed.pid_file(component), child.id().to_string()).expect("pid file");
     // The testbed's down stops it through the pid file; nothing waits on it here.
     std::mem::forget(child);
 }
@@ -173,7 +182,7 @@ fn sync_command(testbed: &PrivateTestbed, dir: &Path, ns: &str, cache: &Path) ->
 
 #[tokio::test]
 async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() {
-    let testbed = PrivateTestbed::up();
+    let testbed = PrivateTestbed::up(0);
     let client = testbed.client().await;
     let ns = "faults";
     let namespace: Namespace =
@@ -207,7 +216,7 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
             .spawn()
             .expect("sync");
         tokio::time::sleep(Duration::from_millis(80 + 60 * trial as u64)).await;
-        let (pid, args) = kill_apiserver(&testbed);
+        let (pid, args) = kill_component(&testbed, "kube-apiserver");
         let out = tokio::task::spawn_blocking(move || sync.wait_with_output())
             .await
             .expect("join")
@@ -217,7 +226,7 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
             !String::from_utf8_lossy(&out.stderr).contains("panicked"),
             "trial {trial}: no panic"
         );
-        restart_apiserver(&testbed, pid, &args);
+        restart_component(&testbed, "kube-apiserver", pid, &args);
         wait_ready(&client).await;
         if out.status.success() {
             eprintln!("trial {trial}: the sync finished before the kill");
@@ -301,5 +310,110 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
     assert!(
         hit >= 5,
         "the kill must land mid-sync in most trials (it did in {hit})"
+    );
+}
+
+#[tokio::test]
+async fn etcd_restarted_while_the_controller_syncs_loses_nothing_and_converges() {
+    use crate::controller::{install_crd, wait_for_revision};
+    use crate::controller_faults::{Replica, assert_nothing_lost, commit_configmaps, request_sync};
+    use kubesync::crd::GitSync;
+
+    const INTERVAL: Duration = Duration::from_secs(4);
+    let testbed = PrivateTestbed::up(1);
+    let client = testbed.client().await;
+    let ns = "faults-etcd";
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    install_crd(&client).await;
+    let repo = crate::git::GitRepo::new();
+    let mut in_git: Vec<usize> = (0..150).collect();
+    let first = commit_configmaps(&repo, &in_git, "v0");
+    let daemon = crate::git::GitDaemon::start(repo.root.path());
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::start(
+        Some(&testbed.kubeconfig),
+        ns,
+        &work.path().join("cache"),
+        work.path().join("controller.log"),
+        &[],
+    );
+    let api: Api<GitSync> = Api::namespaced(client.clone(), ns);
+    let sync: GitSync = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubesync.dev/v1alpha1",
+        "kind": "GitSync",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {"url": format!("git://127.0.0.1:{}/remote.git", daemon.port), "interval": "4s"},
+    }))
+    .expect("GitSync");
+    api.create(&PostParams::default(), &sync)
+        .await
+        .expect("GitSync");
+    wait_for_revision(&api, "app", &first, Duration::from_secs(90)).await;
+    let warm = commit_configmaps(&repo, &in_git, "warm-up");
+    request_sync(&api, "app", "warm-up").await;
+    let full = wait_for_revision(&api, "app", &warm, Duration::from_secs(60)).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let failed_runs = format!("kubesync_sync_runs_total{{sync=\"{ns}/app\",result=\"failure\"}}");
+
+    let mut hits = 0;
+    for trial in 0..10usize {
+        let removed: Vec<usize> = in_git.drain(..3).collect();
+        let value = format!("v{}", trial + 1);
+        let revision = commit_configmaps(&repo, &in_git, &value);
+        let failed_before = replica.metric(&failed_runs);
+        request_sync(&api, "app", &value).await;
+        tokio::time::sleep(full.mul_f64((trial as f64 + 0.5) / 10.0)).await;
+        let (pid, args) = kill_component(&testbed, "etcd");
+        let killed = k8s_openapi::jiff::Timestamp::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        restart_component(&testbed, "etcd", pid, &args);
+        wait_ready(&client).await;
+        let cleared = Instant::now();
+        assert_nothing_lost(&api, &configmaps, &in_git, &removed, &value, trial).await;
+        wait_for_revision(&api, "app", &revision, 2 * INTERVAL).await;
+        let converged = cleared.elapsed();
+        crate::controller_faults::assert_converged(&configmaps, &in_git, &removed, &value, trial)
+            .await;
+        // What the status says: did the outage fall inside a sync, and how did that sync end?
+        let history = api
+            .get("app")
+            .await
+            .expect("GitSync")
+            .status
+            .expect("status")
+            .history;
+        let spanning = history.iter().find(|h| {
+            let end = h.time.0;
+            let start = end
+                .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs_f64(
+                    h.duration_seconds,
+                ))
+                .unwrap_or(end);
+            start <= killed && killed <= end
+        });
+        let failed = replica.metric(&failed_runs) - failed_before;
+        eprintln!(
+            "trial {trial}: etcd killed {}; {failed} failed sync(s) counted; converged {converged:?} after the API was back",
+            match spanning {
+                Some(h) => format!("during a sync that {}", h.result),
+                None => "outside a sync".into(),
+            }
+        );
+        if let Some(h) = spanning {
+            hits += 1;
+            if h.result == "Failed" {
+                assert!(failed >= 1.0, "trial {trial}: the failure is counted");
+            }
+        }
+    }
+    eprintln!("etcd was killed during a sync in {hits} of 10 trials");
+    assert!(
+        hits >= 5,
+        "the kill must land mid-sync in most trials ({hits})"
     );
 }

@@ -93,7 +93,11 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn start(base: &Path) -> GitDaemon {
-        let port = free_port();
+        Self::start_on(base, free_port())
+    }
+
+    /// On a given port (to restart a stopped daemon where its clients expect it).
+    pub fn start_on(base: &Path, port: u16) -> GitDaemon {
         // Run git-daemon itself: `git daemon` would leave it running when killed.
         let exec_path = git(base, &["--exec-path"]);
         let child = Command::new(Path::new(&exec_path).join("git-daemon"))

@@ -4,6 +4,7 @@ mod support;
 mod bad_input;
 mod chart;
 mod controller;
+mod controller_faults;
 mod docs;
 mod engine;
 mod faults;

@@ -1,0 +1,515 @@
+//! Faults under the controller, each repeated where timing matters: the controller SIGKILLed in
+//! the middle of a sync and restarted; the leader killed during a sync; the git server stopped.
+//! Each time: nothing Git holds is lost, nothing is pruned before all of Git was applied, the
+//! GitSync (the ApplySet parent) already records the group-kinds, the GitSync converges within
+//! two intervals once the fault has cleared, and its status, Events and metrics say what happened.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use kubesync::crd::GitSync;
+use serde_json::json;
+
+use crate::controller::{create_gitsync, http, install_crd, lease_holder, wait_for_revision};
+use crate::engine::configmap;
+use crate::git::{GitDaemon, GitRepo, free_port};
+use crate::support::{TestNamespace, eventually};
+
+/// One `kubesync controller` process with a cache directory that outlives it (a restarted
+/// container keeps its emptyDir). SIGKILLed when dropped.
+pub struct Replica {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Replica {
+    pub fn start(
+        kubeconfig: Option<&Path>,
+        namespace: &str,
+        cache: &Path,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> Replica {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubesync"));
+        command
+            .args(["controller", "--watch-namespace", namespace])
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra)
+            .env("RUST_LOG", "info,kubesync=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        if let Some(k) = kubeconfig {
+            command.env("KUBECONFIG", k);
+        }
+        let child = command.spawn().expect("kubesync controller starts");
+        let mut replica = Replica { child, port, log };
+        crate::support::wait_for_listener(&mut replica.child, port, "kubesync controller");
+        replica
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        let (status, body) = http(self.port, "GET", "/metrics", &[], b"");
+        assert_eq!(status, 200, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// Makes the repository hold exactly `cm-<i>` for `names`, each with `value`; returns the commit.
+pub fn commit_configmaps(repo: &GitRepo, names: &[usize], value: &str) -> String {
+    for entry in std::fs::read_dir(repo.work()).expect("work dir").flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".yaml") {
+            std::fs::remove_file(entry.path()).expect("rm");
+        }
+    }
+    for i in names {
+        repo.write(
+            &format!("cm-{i}.yaml"),
+            &configmap(&format!("cm-{i}"), value),
+        );
+    }
+    repo.commit_and_push(value)
+}
+
+/// Asks for a sync now, as the webhook does.
+pub async fn request_sync(api: &Api<GitSync>, name: &str, token: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kubesync.dev/requestedAt": token}}})),
+    )
+    .await
+    .expect("requesting a sync");
+}
+
+/// Whether the status shows a sync that started and has not finished (Reconciling=True).
+pub fn sync_in_flight(sync: &GitSync) -> bool {
+    sync.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.status == "True")
+    })
+}
+
+/// The invariants after a fault, whatever its moment: every object Git holds exists; an object
+/// Git removed may be gone only if the sync had applied all of Git's objects first (a kill during
+/// the prune stage); and the GitSync records ConfigMaps as a group-kind of its ApplySet.
+pub async fn assert_nothing_lost(
+    api: &Api<GitSync>,
+    configmaps: &Api<ConfigMap>,
+    in_git: &[usize],
+    removed: &[usize],
+    value: &str,
+    trial: usize,
+) {
+    let sync = api.get("app").await.expect("GitSync");
+    let values: std::collections::BTreeMap<String, Option<String>> = configmaps
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|c| {
+            let v = c.data.as_ref().and_then(|d| d.get("key").cloned());
+            (c.name_any(), v)
+        })
+        .collect();
+    for i in in_git {
+        assert!(
+            values.contains_key(&format!("cm-{i}")),
+            "trial {trial}: cm-{i} lost"
+        );
+    }
+    let pruned: Vec<&usize> = removed
+        .iter()
+        .filter(|i| !values.contains_key(&format!("cm-{i}")))
+        .collect();
+    if !pruned.is_empty() {
+        let stale: Vec<&usize> = in_git
+            .iter()
+            .filter(|i| values[&format!("cm-{i}")].as_deref() != Some(value))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "trial {trial}: {pruned:?} pruned before every object was applied ({} not yet)",
+            stale.len()
+        );
+    }
+    let kinds = sync
+        .annotations()
+        .get("applyset.kubernetes.io/contains-group-kinds")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        kinds.contains("ConfigMap"),
+        "trial {trial}: the GitSync records ConfigMap before applying: {kinds:?}"
+    );
+}
+
+/// After convergence on `revision`: what Git removed is pruned, what it holds has `value`.
+pub async fn assert_converged(
+    configmaps: &Api<ConfigMap>,
+    in_git: &[usize],
+    removed: &[usize],
+    value: &str,
+    trial: usize,
+) {
+    for i in removed {
+        assert!(
+            configmaps
+                .get_opt(&format!("cm-{i}"))
+                .await
+                .expect("get")
+                .is_none(),
+            "trial {trial}: cm-{i} pruned once converged"
+        );
+    }
+    for i in [
+        in_git[0],
+        in_git[in_git.len() / 2],
+        in_git[in_git.len() - 1],
+    ] {
+        let cm = configmaps.get(&format!("cm-{i}")).await.expect("get");
+        assert_eq!(
+            cm.data.unwrap_or_default().get("key").map(String::as_str),
+            Some(value),
+            "trial {trial}: cm-{i} has the new value"
+        );
+    }
+}
+
+async fn interrupted_events(ns: &TestNamespace) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Interrupted"))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// A sync that changes every object, timed from the request to the applied status.
+async fn time_full_sync(
+    api: &Api<GitSync>,
+    repo: &GitRepo,
+    in_git: &[usize],
+    value: &str,
+) -> Duration {
+    let revision = commit_configmaps(repo, in_git, value);
+    request_sync(api, "app", value).await;
+    wait_for_revision(api, "app", &revision, Duration::from_secs(60)).await
+}
+
+const OBJECTS: usize = 150;
+const INTERVAL: Duration = Duration::from_secs(4);
+
+#[tokio::test]
+async fn controller_killed_mid_sync_and_restarted_loses_nothing_and_says_so() {
+    let ns = TestNamespace::new("ctlkill").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    let mut in_git: Vec<usize> = (0..OBJECTS).collect();
+    let first = commit_configmaps(&repo, &in_git, "v0");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let work = tempfile::tempdir().expect("tempdir");
+    let cache = work.path().join("cache");
+    let start = |n: usize| {
+        Replica::start(
+            None,
+            &ns.name,
+            &cache,
+            work.path().join(format!("controller-{n}.log")),
+            &["--identity", &format!("run-{n}")],
+        )
+    };
+    let mut replica = start(0);
+    let api = create_gitsync(&ns, "app", json!({"url": url, "interval": "4s"})).await;
+    wait_for_revision(&api, "app", &first, Duration::from_secs(60)).await;
+    let full = time_full_sync(&api, &repo, &in_git, "warm-up").await;
+    eprintln!("a sync of {OBJECTS} changed objects takes {full:?} from the request");
+    let configmaps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+
+    let mut hits = 0;
+    for trial in 0..10usize {
+        let removed: Vec<usize> = in_git.drain(..3).collect();
+        let value = format!("v{}", trial + 1);
+        let revision = commit_configmaps(&repo, &in_git, &value);
+        request_sync(&api, "app", &value).await;
+        // Spread over the sync: from before the fetch to the prune.
+        tokio::time::sleep(full.mul_f64((trial as f64 + 0.5) / 10.0)).await;
+        replica.kill();
+        let in_flight = sync_in_flight(&api.get("app").await.expect("GitSync"));
+        assert_nothing_lost(&api, &configmaps, &in_git, &removed, &value, trial).await;
+
+        replica = start(trial + 1);
+        let restarted = Instant::now();
+        wait_for_revision(&api, "app", &revision, 2 * INTERVAL).await;
+        eprintln!(
+            "trial {trial}: killed {} sync; converged {:?} after the restart",
+            if in_flight { "during a" } else { "outside a" },
+            restarted.elapsed()
+        );
+        assert_converged(&configmaps, &in_git, &removed, &value, trial).await;
+        if in_flight {
+            hits += 1;
+            let sync = api.get("app").await.expect("GitSync");
+            let history = sync.status.expect("status").history;
+            assert!(
+                history.iter().any(|h| h.result == "Interrupted"),
+                "trial {trial}: history records the interrupted sync: {history:?}"
+            );
+            let interrupted = replica.metric(&format!(
+                "kubesync_sync_runs_total{{sync=\"{}/app\",result=\"interrupted\"}}",
+                ns.name
+            ));
+            assert_eq!(
+                interrupted, 1.0,
+                "trial {trial}: the restarted controller counts it"
+            );
+            let notes = interrupted_events(&ns).await;
+            assert!(
+                notes.iter().any(|n| n.contains(&format!("on run-{trial}"))),
+                "trial {trial}: an Interrupted event names the replica that stopped: {notes:?}"
+            );
+        }
+    }
+    eprintln!("the controller was killed mid-sync in {hits} of 10 trials");
+    assert!(
+        hits >= 5,
+        "the kill must land mid-sync in most trials ({hits})"
+    );
+}
+
+#[tokio::test]
+async fn leader_killed_during_a_sync_hands_over_and_converges() {
+    let ns = TestNamespace::new("ldrkill").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    let mut in_git: Vec<usize> = (0..OBJECTS).collect();
+    let first = commit_configmaps(&repo, &in_git, "v0");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let work = tempfile::tempdir().expect("tempdir");
+    let start = |id: &str| {
+        Replica::start(
+            None,
+            &ns.name,
+            &work.path().join(format!("cache-{id}")),
+            work.path().join(format!("{id}.log")),
+            &[
+                "--leader-election",
+                "--lease-namespace",
+                &ns.name,
+                "--identity",
+                id,
+                "--lease-duration",
+                "4s",
+                "--renew-deadline",
+                "3s",
+            ],
+        )
+    };
+    let mut replicas: Vec<(String, Replica)> = vec![("r0".into(), start("r0"))];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    replicas.push(("r1".into(), start("r1")));
+    let api = create_gitsync(&ns, "app", json!({"url": url, "interval": "4s"})).await;
+    wait_for_revision(&api, "app", &first, Duration::from_secs(60)).await;
+    let full = time_full_sync(&api, &repo, &in_git, "warm-up").await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+
+    let mut hits = 0;
+    for trial in 0..10usize {
+        let leader = lease_holder(&ns).await.expect("a leader");
+        let removed: Vec<usize> = in_git.drain(..3).collect();
+        let value = format!("v{}", trial + 1);
+        let revision = commit_configmaps(&repo, &in_git, &value);
+        request_sync(&api, "app", &value).await;
+        tokio::time::sleep(full.mul_f64((trial as f64 + 0.5) / 10.0)).await;
+        let at = replicas
+            .iter()
+            .position(|(id, _)| *id == leader)
+            .expect("the leader is one of ours");
+        let (_, mut dead) = replicas.remove(at);
+        dead.kill();
+        let in_flight = sync_in_flight(&api.get("app").await.expect("GitSync"));
+        assert_nothing_lost(&api, &configmaps, &in_git, &removed, &value, trial).await;
+
+        // The other replica takes over; a new pod (a new name) joins as the follower.
+        let taken = eventually(Duration::from_secs(15), "another replica leads", || async {
+            lease_holder(&ns)
+                .await
+                .filter(|h| *h != leader)
+                .map(|h| (h, Instant::now()))
+        })
+        .await;
+        let id = format!("r{}", trial + 2);
+        replicas.push((id.clone(), start(&id)));
+        wait_for_revision(&api, "app", &revision, 2 * INTERVAL).await;
+        eprintln!(
+            "trial {trial}: {leader} killed {} sync; {} leads, converged {:?} after the handover",
+            if in_flight { "during a" } else { "outside a" },
+            taken.0,
+            taken.1.elapsed()
+        );
+        assert!(
+            taken.1.elapsed() <= 2 * INTERVAL,
+            "trial {trial}: converged within two intervals of the handover"
+        );
+        assert_converged(&configmaps, &in_git, &removed, &value, trial).await;
+        if in_flight {
+            hits += 1;
+            let notes = interrupted_events(&ns).await;
+            assert!(
+                notes.iter().any(|n| n.contains(&format!("on {leader}"))),
+                "trial {trial}: an Interrupted event names the dead leader: {notes:?}"
+            );
+        }
+    }
+    eprintln!("the leader was killed mid-sync in {hits} of 10 trials");
+    assert!(
+        hits >= 5,
+        "the kill must land mid-sync in most trials ({hits})"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_git_server_fails_fast_is_reported_and_converges_when_back() {
+    let ns = TestNamespace::new("gitstop").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    let first = commit_configmaps(&repo, &[0, 1, 2], "v0");
+    let mut daemon = Some(GitDaemon::start(repo.root.path()));
+    let port = daemon.as_ref().map(|d| d.port).expect("daemon");
+    let url = format!("git://127.0.0.1:{port}/remote.git");
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = Replica::start(
+        None,
+        &ns.name,
+        &work.path().join("cache"),
+        work.path().join("controller.log"),
+        &[],
+    );
+    let interval = Duration::from_secs(3);
+    let api = create_gitsync(&ns, "app", json!({"url": url, "interval": "3s"})).await;
+    wait_for_revision(&api, "app", &first, Duration::from_secs(60)).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+    let key = format!("{}/app", ns.name);
+    let fetch_failures = format!("kubesync_git_fetch_failures_total{{sync=\"{key}\"}}");
+    let failed_runs = format!("kubesync_sync_runs_total{{sync=\"{key}\",result=\"failure\"}}");
+
+    for trial in 0..3usize {
+        let base = commit_configmaps(&repo, &[0, 1, 2], &format!("base-{trial}"));
+        request_sync(&api, "app", &format!("base-{trial}")).await;
+        wait_for_revision(&api, "app", &base, Duration::from_secs(30)).await;
+        let failures_before = replica.metric(&fetch_failures);
+
+        // The server stops; Git moves on: one object leaves, the others change.
+        drop(daemon.take());
+        let value = format!("v{}", trial + 1);
+        let revision = commit_configmaps(&repo, &[0, 1], &value);
+        request_sync(&api, "app", &value).await;
+        let stopped = Instant::now();
+        let error = eventually(2 * interval, "Ready=False with the fetch error", || async {
+            let status = api.get("app").await.ok()?.status?;
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.status == "False").then_some(())?;
+            status.last_error
+        })
+        .await;
+        eprintln!(
+            "trial {trial}: reported {:?} after the request: {error}",
+            stopped.elapsed()
+        );
+        assert!(
+            error.to_lowercase().contains("connect") && error.contains(&port.to_string()),
+            "trial {trial}: the error says the server cannot be reached: {error}"
+        );
+        let status = api
+            .get("app")
+            .await
+            .expect("GitSync")
+            .status
+            .expect("status");
+        let last = status.history.first().expect("history");
+        assert_eq!(last.result, "Failed");
+        assert!(
+            last.duration_seconds < 2.0,
+            "trial {trial}: fails fast ({} s)",
+            last.duration_seconds
+        );
+        assert!(
+            replica.metric(&fetch_failures) > failures_before,
+            "fetch failures counted"
+        );
+        assert!(replica.metric(&failed_runs) >= 1.0, "failed runs counted");
+        // Retries fail too, and prune nothing.
+        tokio::time::sleep(interval).await;
+        assert!(
+            configmaps.get_opt("cm-2").await.expect("get").is_some(),
+            "trial {trial}: nothing pruned while the server is down"
+        );
+        assert_eq!(
+            crate::controller::applied_revision(&api, "app")
+                .await
+                .as_deref(),
+            Some(base.as_str())
+        );
+
+        daemon = Some(GitDaemon::start_on(repo.root.path(), port));
+        let back = Instant::now();
+        wait_for_revision(&api, "app", &revision, 2 * interval).await;
+        eprintln!(
+            "trial {trial}: converged {:?} after the server came back",
+            back.elapsed()
+        );
+        assert!(configmaps.get_opt("cm-2").await.expect("get").is_none());
+        let status = api
+            .get("app")
+            .await
+            .expect("GitSync")
+            .status
+            .expect("status");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            "trial {trial}: Ready again"
+        );
+    }
+}
