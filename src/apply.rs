@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::applyset::LiveObject;
+use crate::health::Health;
 use crate::manifests::Origin;
 use crate::plan::{ObjectKey, PlannedObject};
 
@@ -58,10 +59,18 @@ pub struct ApplyOutcome {
     pub action: ApplyAction,
     /// Git's state was re-asserted over a change made in the cluster.
     pub drift_corrected: bool,
-    /// The object as the server holds it after this stage (dry-run result in dry-run mode).
+    /// Health of the object as the server holds it after this stage (None when the apply failed).
+    pub health: Option<Health>,
+    /// Dry runs only (for the diff): the object as the server would hold it.
     pub live: Option<DynamicObject>,
-    /// The object before (for diff), when it existed and was listed.
+    /// Dry runs only (for the diff): the object before, when it existed and was listed.
     pub before: Option<DynamicObject>,
+}
+
+/// Health of a live object, as `health::assess` judges it.
+pub fn health_of(key: &ObjectKey, live: &DynamicObject) -> Health {
+    let value = serde_json::to_value(live).unwrap_or_default();
+    crate::health::assess(&key.group, &key.kind, &value)
 }
 
 /// Hash of the desired object (without the hash annotation itself), hex.
@@ -175,13 +184,12 @@ pub async fn apply_stage(
     // stream's future not provably Send (rustc's higher-ranked lifetime limitation).
     let mut outcomes: Vec<ApplyOutcome> = futures::stream::iter((0..objects.len()).map(|i| {
         let planned = &objects[i];
-        let before = live.get(&planned.key).map(|l| l.object.clone());
+        // Borrowed, not cloned: with thousands of objects, copies of the inventory add up.
+        let before = live.get(&planned.key).map(|l| &l.object);
         async move {
-            let result = tokio::time::timeout(
-                options.timeout,
-                apply_one(client, planned, before.as_ref(), options),
-            )
-            .await;
+            let result =
+                tokio::time::timeout(options.timeout, apply_one(client, planned, before, options))
+                    .await;
             match result {
                 Ok(outcome) => outcome,
                 Err(_) => ApplyOutcome {
@@ -190,8 +198,9 @@ pub async fn apply_stage(
                     origin: planned.origin.clone(),
                     action: ApplyAction::Failed(format!("timed out after {:?}", options.timeout)),
                     drift_corrected: false,
+                    health: None,
                     live: None,
-                    before,
+                    before: before.filter(|_| options.dry_run).cloned(),
                 },
             }
         }
@@ -211,19 +220,20 @@ async fn apply_one(
 ) -> ApplyOutcome {
     let hash = desired_hash(&planned.desired);
     let desired = with_hash(&planned.desired, &hash);
-    let outcome = |action, drift_corrected, live: Option<DynamicObject>| ApplyOutcome {
+    let outcome = |action, drift_corrected, live: Option<&DynamicObject>| ApplyOutcome {
         key: planned.key.clone(),
         resource: planned.resource.clone(),
         origin: planned.origin.clone(),
         action,
         drift_corrected,
-        live,
-        before: before.cloned(),
+        health: live.map(|l| health_of(&planned.key, l)),
+        live: live.filter(|_| options.dry_run).cloned(),
+        before: before.filter(|_| options.dry_run).cloned(),
     };
     if let Some(live) = before
         && is_unchanged(live, &desired, &hash, &options.field_manager)
     {
-        return outcome(ApplyAction::Unchanged, false, Some(live.clone()));
+        return outcome(ApplyAction::Unchanged, false, Some(live));
     }
     let api = api_for(client, planned);
     let mut params = PatchParams::apply(&options.field_manager);
@@ -299,7 +309,7 @@ async fn apply_one(
         }
         None => false,
     };
-    outcome(action, drift_corrected, Some(applied))
+    outcome(action, drift_corrected, Some(&applied))
 }
 
 /// The object without the fields every write changes, for comparisons and diffs.

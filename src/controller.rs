@@ -190,7 +190,12 @@ pub async fn run(
         // bounds of `run` without help.
         .run(
             |sync, ctx| -> futures::future::BoxFuture<'static, Result<Action, ControllerError>> {
-                Box::pin(reconcile(sync, ctx))
+                Box::pin(async move {
+                    let action = reconcile(sync, ctx).await;
+                    // What the sync allocated is dropped now: give it back to the system.
+                    crate::memory::release_free_memory();
+                    action
+                })
             },
             error_policy,
             ctx,

@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 pub mod lease;
 pub mod manifests;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod prune;

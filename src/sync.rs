@@ -10,7 +10,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::apply::{ApplyAction, ApplyOptions, ApplyOutcome};
 use crate::applyset::{self, Footprint, Inventory, Parent};
-use crate::health::{self, Health};
+use crate::health::Health;
 use crate::manifests::{self, Origin};
 use crate::plan::{self, Discovery, ObjectKey, PlanContext, PlannedObject, Stage};
 use crate::prune::{self, PruneAction, PruneOptions};
@@ -611,10 +611,7 @@ async fn run_pipeline(
         }
     }
     for o in &outcomes {
-        let health = o.live.as_ref().map(|live| {
-            let value = serde_json::to_value(live).unwrap_or_default();
-            health::assess(&o.key.group, &o.key.kind, &value)
-        });
+        let health = o.health.clone();
         report.objects.push(ObjectReport {
             object: o.key.to_string(),
             origin: Some(o.origin.clone()),
@@ -853,20 +850,14 @@ async fn wait_for_health(client: &Client, outcomes: &mut [ApplyOutcome], timeout
     loop {
         let mut all_healthy = true;
         for o in outcomes.iter_mut() {
-            let Some(live) = &o.live else { continue };
-            let value = serde_json::to_value(live).unwrap_or_default();
-            match health::assess(&o.key.group, &o.key.kind, &value) {
-                Health::Healthy => {}
-                Health::Failed(_) => {}
-                Health::Progressing(_) => {
-                    all_healthy = false;
-                    let api: kube::Api<kube::api::DynamicObject> = match &o.key.namespace {
-                        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &o.resource),
-                        None => kube::Api::all_with(client.clone(), &o.resource),
-                    };
-                    if let Ok(fresh) = api.get(&o.key.name).await {
-                        o.live = Some(fresh);
-                    }
+            if let Some(Health::Progressing(_)) = &o.health {
+                all_healthy = false;
+                let api: kube::Api<kube::api::DynamicObject> = match &o.key.namespace {
+                    Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &o.resource),
+                    None => kube::Api::all_with(client.clone(), &o.resource),
+                };
+                if let Ok(fresh) = api.get(&o.key.name).await {
+                    o.health = Some(crate::apply::health_of(&o.key, &fresh));
                 }
             }
         }
