@@ -471,6 +471,33 @@ async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
         &huge,
     );
     assert_eq!(status, 413);
+
+    // A flood of forged requests is cut off by the rate limit (bursts of 20, then 5/s), and
+    // none of them syncs anything.
+    let before = api.get("app").await.expect("GitSync").status.expect("status");
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| {
+            http(
+                controller.port,
+                "POST",
+                &path,
+                &[("X-Hub-Signature-256", format!("sha256={}", "0".repeat(64)))],
+                b"{}",
+            )
+            .0
+        })
+        .collect();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        limited >= 10 && statuses.iter().all(|s| *s == 401 || *s == 429),
+        "forged requests get 401, then 429: {statuses:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = api.get("app").await.expect("GitSync").status.expect("status");
+    assert_eq!(
+        after.last_sync_time, before.last_sync_time,
+        "no sync on a bad signature"
+    );
     assert!(
         !controller.log_text().contains(token),
         "the token is never logged"

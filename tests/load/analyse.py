@@ -19,7 +19,7 @@ def ts(text):
 
 def main():
     log, samples_path, interval, window_start = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-    starts, ends, failed = {}, {}, 0
+    starts, ends, failed, changed = {}, {}, 0, 0
     for line in open(log, encoding="utf-8", errors="replace"):
         try:
             entry = json.loads(line)
@@ -35,6 +35,8 @@ def main():
             ends.setdefault(name, []).append(ts(entry["timestamp"]))
             if fields.get("ok") is False:
                 failed += 1
+            if ts(entry["timestamp"]) >= window_start:
+                changed += int(fields.get("created", 0)) + int(fields.get("configured", 0))
 
     samples = [line.split("\t") for line in open(samples_path).read().splitlines()[1:]]
     samples = [(float(t), int(rss), float(cpu), float(runs)) for t, rss, cpu, runs in samples]
@@ -70,6 +72,7 @@ def main():
     print(f"|---|---|")
     print(f"| window | {seconds:.0f} s, {gitsyncs} GitSyncs, interval {interval:g} s |")
     print(f"| syncs run | {syncs} (metrics: {runs:.0f}); {failed} failed |")
+    print(f"| objects written | {changed} (one per commit is expected; 0 for the no-op syncs) |")
     print(f"| syncs per GitSync | {syncs / max(gitsyncs, 1):.1f} (at most {seconds / interval:.0f} if a sync took no time) |")
     print(f"| missed (pause > 2 intervals) | {missed}; longest pause between syncs {worst_pause:.2f} s |")
     print(f"| overlapping syncs of one GitSync | {overlaps} |")
