@@ -474,7 +474,12 @@ async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
 
     // A flood of forged requests is cut off by the rate limit (bursts of 20, then 5/s), and
     // none of them syncs anything.
-    let before = api.get("app").await.expect("GitSync").status.expect("status");
+    let before = api
+        .get("app")
+        .await
+        .expect("GitSync")
+        .status
+        .expect("status");
     let statuses: Vec<u16> = (0..40)
         .map(|_| {
             http(
@@ -493,7 +498,12 @@ async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
         "forged requests get 401, then 429: {statuses:?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = api.get("app").await.expect("GitSync").status.expect("status");
+    let after = api
+        .get("app")
+        .await
+        .expect("GitSync")
+        .status
+        .expect("status");
     assert_eq!(
         after.last_sync_time, before.last_sync_time,
         "no sync on a bad signature"
