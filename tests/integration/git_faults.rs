@@ -1,5 +1,5 @@
-//! Faults of the Git side: a server that accepts and never answers (the timeout is honoured), the
-//! repository deleted, history replaced by an unrelated one, and a cache that cannot be written.
+//! Faults of the Git side: a server that accepts and never answers and one that answers slowly
+//! (the timeout is honoured either way), the repository deleted, history replaced by an unrelated one, and a cache that cannot be written.
 //! Each: the sync fails fast and says why, nothing is lost or pruned, and once the fault clears
 //! the next sync converges.
 use std::path::Path;
@@ -90,6 +90,102 @@ async fn a_server_that_never_answers_times_out_and_prunes_nothing() {
     );
     assert!(present(&ns, "a").await);
     drop(hold);
+}
+
+/// A proxy in front of 127.0.0.1:`upstream` that passes the server's bytes on at most `chunk` at a
+/// time, pausing `pause` before each (what the client sends goes through at once).
+fn slow_proxy(upstream: u16, chunk: usize, pause: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            std::thread::spawn(move || {
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (Ok(mut from_client), Ok(mut to_server)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    return;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                });
+                let mut buf = vec![0u8; chunk];
+                while let Ok(n) = server.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_server_that_answers_slowly_is_cut_off_at_the_timeout_and_prunes_nothing() {
+    use sha2::Digest;
+    let ns = TestNamespace::new("gf-trickle").await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "1"));
+    repo.commit_and_push("a");
+    let daemon = GitDaemon::start(repo.root.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let direct = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    assert!(
+        sync(&ns, &direct, cache.path(), Duration::from_secs(20))
+            .await
+            .succeeded()
+    );
+    // The next commit removes `a` and adds about 40 KB that do not compress.
+    git(&repo.work(), &["rm", "-q", "a.yaml"]);
+    for i in 0..20 {
+        let noise: String = (0..32)
+            .map(|j| format!("{:x}", sha2::Sha256::digest(format!("{i}-{j}"))))
+            .collect();
+        repo.write(&format!("b{i}.yaml"), &configmap(&format!("b{i}"), &noise));
+    }
+    repo.commit_and_push("b");
+
+    // About 1.3 KB/s: the fetch would take half a minute.
+    let trickle = slow_proxy(daemon.port, 64, Duration::from_millis(50));
+    let started = Instant::now();
+    let report = sync(
+        &ns,
+        &format!("git://127.0.0.1:{trickle}/remote.git"),
+        cache.path(),
+        Duration::from_secs(3),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_failed_in_source_without_prune(&report, "timed out");
+    assert!(
+        took < Duration::from_secs(8),
+        "the 3 s timeout is honoured by a server that keeps talking (took {took:?})"
+    );
+    assert!(present(&ns, "a").await, "nothing pruned");
+    assert!(!present(&ns, "b0").await, "nothing applied");
+
+    // Slow but within the timeout: the sync completes and converges.
+    let slow = slow_proxy(daemon.port, 4096, Duration::from_millis(20));
+    let report = sync(
+        &ns,
+        &format!("git://127.0.0.1:{slow}/remote.git"),
+        cache.path(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(report.succeeded(), "slow but in time: {:?}", report.errors);
+    assert!(!present(&ns, "a").await, "pruned once the fetch succeeded");
+    assert!(present(&ns, "b19").await);
 }
 
 #[tokio::test]
