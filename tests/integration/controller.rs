@@ -52,12 +52,12 @@ pub async fn install_crd(client: &Client) {
     .await;
 }
 
-/// A `kubesync controller` process; killed when dropped. Its log is kept for assertions.
+/// A `kubesync controller` process; SIGKILLed when dropped. Its log is kept for assertions.
 pub struct ControllerProcess {
     pub child: Child,
     pub port: u16,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl ControllerProcess {
@@ -65,20 +65,40 @@ impl ControllerProcess {
         Self::start_with_env(namespace, extra, &[])
     }
 
+    /// With a cache and log of its own, removed when dropped.
     pub fn start_with_env(
         namespace: &str,
         extra: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut process = Self::spawn(
+            namespace,
+            &dir.path().join("cache"),
+            dir.path().join("controller.log"),
+            extra,
+            env,
+        );
+        process._dir = Some(dir);
+        process
+    }
+
+    /// With a cache directory and log that outlive the process, as a restarted container keeps
+    /// its emptyDir.
+    pub fn spawn(
+        namespace: &str,
+        cache: &std::path::Path,
+        log: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> ControllerProcess {
         let port = free_port();
-        let log = dir.path().join("controller.log");
         let child = Command::new(env!("CARGO_BIN_EXE_kubesync"))
             .args(["controller", "--watch-namespace", namespace])
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
+            .arg(cache)
             .args(extra)
             .env("RUST_LOG", "info,kubesync=debug")
             .env_remove("POD_NAME")
@@ -92,10 +112,16 @@ impl ControllerProcess {
             child,
             port,
             log,
-            _dir: dir,
+            _dir: None,
         };
         crate::support::wait_for_listener(&mut process.child, port, "kubesync controller");
         process
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log_text(&self) -> String {
@@ -105,14 +131,23 @@ impl ControllerProcess {
     pub fn get(&self, path: &str) -> (u16, String) {
         http(self.port, "GET", path, &[], b"")
     }
+
+    /// The value of the sample on /metrics whose line starts with `line_prefix` (0 if absent).
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         if std::thread::panicking() {
-            eprintln!("--- controller log ---\n{}", self.log_text());
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log_text());
         }
     }
 }
@@ -159,11 +194,20 @@ pub async fn create_gitsync(
     name: &str,
     spec: serde_json::Value,
 ) -> Api<GitSync> {
-    let api: Api<GitSync> = Api::namespaced(ns.client.clone(), &ns.name);
+    create_gitsync_in(&ns.client, &ns.name, name, spec).await
+}
+
+pub async fn create_gitsync_in(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Api<GitSync> {
+    let api: Api<GitSync> = Api::namespaced(client.clone(), namespace);
     let sync: GitSync = serde_json::from_value(json!({
         "apiVersion": "kubesync.dev/v1alpha1",
         "kind": "GitSync",
-        "metadata": {"name": name, "namespace": ns.name},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }))
     .expect("GitSync");

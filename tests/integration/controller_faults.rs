@@ -3,8 +3,6 @@
 //! Each time: nothing Git holds is lost, nothing is pruned before all of Git was applied, the
 //! GitSync (the ApplySet parent) already records the group-kinds, the GitSync converges within
 //! two intervals once the fault has cleared, and its status, Events and metrics say what happened.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -13,75 +11,40 @@ use kube::{Api, ResourceExt};
 use kubesync::crd::GitSync;
 use serde_json::json;
 
-use crate::controller::{create_gitsync, http, install_crd, lease_holder, wait_for_revision};
+use crate::controller::{
+    ControllerProcess, create_gitsync, install_crd, lease_holder, wait_for_revision,
+};
 use crate::engine::configmap;
-use crate::git::{GitDaemon, GitRepo, free_port};
+use crate::git::{GitDaemon, GitRepo};
 use crate::support::{TestNamespace, eventually};
 
-/// One `kubesync controller` process with a cache directory that outlives it (a restarted
-/// container keeps its emptyDir). SIGKILLed when dropped.
-pub struct Replica {
-    pub child: Child,
-    pub port: u16,
-    pub log: PathBuf,
+/// The starting point of a fault test: a repository of `OBJECTS` ConfigMaps, committed and served
+/// by a git daemon, and a directory for the controllers' caches and logs.
+pub struct Fixture {
+    pub repo: GitRepo,
+    pub daemon: GitDaemon,
+    pub in_git: Vec<usize>,
+    pub first: String,
+    pub work: tempfile::TempDir,
 }
 
-impl Replica {
-    pub fn start(
-        kubeconfig: Option<&Path>,
-        namespace: &str,
-        cache: &Path,
-        log: PathBuf,
-        extra: &[&str],
-    ) -> Replica {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kubesync"));
-        command
-            .args(["controller", "--watch-namespace", namespace])
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(extra)
-            .env("RUST_LOG", "info,kubesync=debug")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
-        if let Some(k) = kubeconfig {
-            command.env("KUBECONFIG", k);
+impl Fixture {
+    pub fn new() -> Fixture {
+        let repo = GitRepo::new();
+        let in_git: Vec<usize> = (0..OBJECTS).collect();
+        let first = commit_configmaps(&repo, &in_git, "v0");
+        let daemon = GitDaemon::start(repo.root.path());
+        Fixture {
+            repo,
+            daemon,
+            in_git,
+            first,
+            work: tempfile::tempdir().expect("tempdir"),
         }
-        let child = command.spawn().expect("kubesync controller starts");
-        let mut replica = Replica { child, port, log };
-        crate::support::wait_for_listener(&mut replica.child, port, "kubesync controller");
-        replica
     }
 
-    pub fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn metric(&self, line_prefix: &str) -> f64 {
-        let (status, body) = http(self.port, "GET", "/metrics", &[], b"");
-        assert_eq!(status, 200, "/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.log.display(), self.log_text());
-        }
+    pub fn url(&self) -> String {
+        format!("git://127.0.0.1:{}/remote.git", self.daemon.port)
     }
 }
 
@@ -223,7 +186,7 @@ async fn interrupted_events(ns: &TestNamespace) -> Vec<String> {
 }
 
 /// A sync that changes every object, timed from the request to the applied status.
-async fn time_full_sync(
+pub async fn time_full_sync(
     api: &Api<GitSync>,
     repo: &GitRepo,
     in_git: &[usize],
@@ -234,27 +197,31 @@ async fn time_full_sync(
     wait_for_revision(api, "app", &revision, Duration::from_secs(60)).await
 }
 
-const OBJECTS: usize = 150;
+pub const OBJECTS: usize = 150;
 const INTERVAL: Duration = Duration::from_secs(4);
 
 #[tokio::test]
 async fn controller_killed_mid_sync_and_restarted_loses_nothing_and_says_so() {
     let ns = TestNamespace::new("ctlkill").await;
     install_crd(&ns.client).await;
-    let repo = GitRepo::new();
-    let mut in_git: Vec<usize> = (0..OBJECTS).collect();
-    let first = commit_configmaps(&repo, &in_git, "v0");
-    let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
-    let work = tempfile::tempdir().expect("tempdir");
+    let fixture = Fixture::new();
+    let url = fixture.url();
+    // `_daemon` keeps the git daemon running until the end of the test.
+    let Fixture {
+        repo,
+        daemon: _daemon,
+        mut in_git,
+        first,
+        work,
+    } = fixture;
     let cache = work.path().join("cache");
     let start = |n: usize| {
-        Replica::start(
-            None,
+        ControllerProcess::spawn(
             &ns.name,
             &cache,
             work.path().join(format!("controller-{n}.log")),
             &["--identity", &format!("run-{n}")],
+            &[],
         )
     };
     let mut replica = start(0);
@@ -319,15 +286,18 @@ async fn controller_killed_mid_sync_and_restarted_loses_nothing_and_says_so() {
 async fn leader_killed_during_a_sync_hands_over_and_converges() {
     let ns = TestNamespace::new("ldrkill").await;
     install_crd(&ns.client).await;
-    let repo = GitRepo::new();
-    let mut in_git: Vec<usize> = (0..OBJECTS).collect();
-    let first = commit_configmaps(&repo, &in_git, "v0");
-    let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
-    let work = tempfile::tempdir().expect("tempdir");
+    let fixture = Fixture::new();
+    let url = fixture.url();
+    // `_daemon` keeps the git daemon running until the end of the test.
+    let Fixture {
+        repo,
+        daemon: _daemon,
+        mut in_git,
+        first,
+        work,
+    } = fixture;
     let start = |id: &str| {
-        Replica::start(
-            None,
+        ControllerProcess::spawn(
             &ns.name,
             &work.path().join(format!("cache-{id}")),
             work.path().join(format!("{id}.log")),
@@ -342,9 +312,10 @@ async fn leader_killed_during_a_sync_hands_over_and_converges() {
                 "--renew-deadline",
                 "3s",
             ],
+            &[],
         )
     };
-    let mut replicas: Vec<(String, Replica)> = vec![("r0".into(), start("r0"))];
+    let mut replicas: Vec<(String, ControllerProcess)> = vec![("r0".into(), start("r0"))];
     tokio::time::sleep(Duration::from_secs(1)).await;
     replicas.push(("r1".into(), start("r1")));
     let api = create_gitsync(&ns, "app", json!({"url": url, "interval": "4s"})).await;
@@ -417,11 +388,11 @@ async fn a_stopped_git_server_fails_fast_is_reported_and_converges_when_back() {
     let port = daemon.as_ref().map(|d| d.port).expect("daemon");
     let url = format!("git://127.0.0.1:{port}/remote.git");
     let work = tempfile::tempdir().expect("tempdir");
-    let replica = Replica::start(
-        None,
+    let replica = ControllerProcess::spawn(
         &ns.name,
         &work.path().join("cache"),
         work.path().join("controller.log"),
+        &[],
         &[],
     );
     let interval = Duration::from_secs(3);

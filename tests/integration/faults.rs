@@ -136,6 +136,15 @@ fn restart_component(testbed: &PrivateTestbed, component: &str, old_pid: i32, ar
     std::mem::forget(child);
 }
 
+async fn create_namespace(client: &Client, name: &str) {
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+}
+
 async fn wait_ready(client: &Client) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -185,12 +194,7 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
     let testbed = PrivateTestbed::up(0);
     let client = testbed.client().await;
     let ns = "faults";
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("namespace");
+    create_namespace(&client, ns).await;
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("repo");
     let cache = work.path().join("cache");
@@ -315,48 +319,42 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
 
 #[tokio::test]
 async fn etcd_restarted_while_the_controller_syncs_loses_nothing_and_converges() {
-    use crate::controller::{install_crd, wait_for_revision};
-    use crate::controller_faults::{Replica, assert_nothing_lost, commit_configmaps, request_sync};
-    use kubesync::crd::GitSync;
+    use crate::controller::{ControllerProcess, create_gitsync_in, install_crd, wait_for_revision};
+    use crate::controller_faults::{
+        Fixture, assert_nothing_lost, commit_configmaps, request_sync, time_full_sync,
+    };
 
     const INTERVAL: Duration = Duration::from_secs(4);
     let testbed = PrivateTestbed::up(1);
     let client = testbed.client().await;
     let ns = "faults-etcd";
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("namespace");
+    create_namespace(&client, ns).await;
     install_crd(&client).await;
-    let repo = crate::git::GitRepo::new();
-    let mut in_git: Vec<usize> = (0..150).collect();
-    let first = commit_configmaps(&repo, &in_git, "v0");
-    let daemon = crate::git::GitDaemon::start(repo.root.path());
-    let work = tempfile::tempdir().expect("tempdir");
-    let replica = Replica::start(
-        Some(&testbed.kubeconfig),
+    let fixture = Fixture::new();
+    let url = fixture.url();
+    let Fixture {
+        repo,
+        daemon: _daemon,
+        mut in_git,
+        first,
+        work,
+    } = fixture;
+    let replica = ControllerProcess::spawn(
         ns,
         &work.path().join("cache"),
         work.path().join("controller.log"),
         &[],
+        &[("KUBECONFIG", &testbed.kubeconfig)],
     );
-    let api: Api<GitSync> = Api::namespaced(client.clone(), ns);
-    let sync: GitSync = serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubesync.dev/v1alpha1",
-        "kind": "GitSync",
-        "metadata": {"name": "app", "namespace": ns},
-        "spec": {"url": format!("git://127.0.0.1:{}/remote.git", daemon.port), "interval": "4s"},
-    }))
-    .expect("GitSync");
-    api.create(&PostParams::default(), &sync)
-        .await
-        .expect("GitSync");
+    let api = create_gitsync_in(
+        &client,
+        ns,
+        "app",
+        serde_json::json!({"url": url, "interval": "4s"}),
+    )
+    .await;
     wait_for_revision(&api, "app", &first, Duration::from_secs(90)).await;
-    let warm = commit_configmaps(&repo, &in_git, "warm-up");
-    request_sync(&api, "app", "warm-up").await;
-    let full = wait_for_revision(&api, "app", &warm, Duration::from_secs(60)).await;
+    let full = time_full_sync(&api, &repo, &in_git, "warm-up").await;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let failed_runs = format!("kubesync_sync_runs_total{{sync=\"{ns}/app\",result=\"failure\"}}");
 

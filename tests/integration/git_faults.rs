@@ -35,6 +35,23 @@ async fn present(ns: &TestNamespace, name: &str) -> bool {
     api.get_opt(name).await.expect("get").is_some()
 }
 
+/// A repository holding ConfigMap `a`, served by a git daemon, synced once into a new namespace.
+async fn synced_once(prefix: &str) -> (TestNamespace, GitRepo, GitDaemon, tempfile::TempDir) {
+    let ns = TestNamespace::new(prefix).await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &configmap("a", "1"));
+    repo.commit_and_push("a");
+    let daemon = GitDaemon::start(repo.root.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    assert!(
+        sync(&ns, &url, cache.path(), Duration::from_secs(20))
+            .await
+            .succeeded()
+    );
+    (ns, repo, daemon, cache)
+}
+
 fn assert_failed_in_source_without_prune(report: &SyncReport, says: &str) {
     assert!(!report.succeeded(), "must fail: {:?}", report.objects);
     assert_eq!(report.failure, Some("source"));
@@ -49,18 +66,7 @@ fn assert_failed_in_source_without_prune(report: &SyncReport, says: &str) {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_and_prunes_nothing() {
-    let ns = TestNamespace::new("gf-slow").await;
-    let repo = GitRepo::new();
-    repo.write("a.yaml", &configmap("a", "1"));
-    repo.commit_and_push("a");
-    let daemon = GitDaemon::start(repo.root.path());
-    let cache = tempfile::tempdir().expect("cache");
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
-    assert!(
-        sync(&ns, &url, cache.path(), Duration::from_secs(20))
-            .await
-            .succeeded()
-    );
+    let (ns, _repo, _daemon, cache) = synced_once("gf-slow").await;
 
     // A listener that accepts connections and never says a word.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -133,18 +139,7 @@ fn slow_proxy(upstream: u16, chunk: usize, pause: Duration) -> u16 {
 #[tokio::test]
 async fn a_server_that_answers_slowly_is_cut_off_at_the_timeout_and_prunes_nothing() {
     use sha2::Digest;
-    let ns = TestNamespace::new("gf-trickle").await;
-    let repo = GitRepo::new();
-    repo.write("a.yaml", &configmap("a", "1"));
-    repo.commit_and_push("a");
-    let daemon = GitDaemon::start(repo.root.path());
-    let cache = tempfile::tempdir().expect("cache");
-    let direct = format!("git://127.0.0.1:{}/remote.git", daemon.port);
-    assert!(
-        sync(&ns, &direct, cache.path(), Duration::from_secs(20))
-            .await
-            .succeeded()
-    );
+    let (ns, repo, daemon, cache) = synced_once("gf-trickle").await;
     // The next commit removes `a` and adds about 40 KB that do not compress.
     git(&repo.work(), &["rm", "-q", "a.yaml"]);
     for i in 0..20 {
