@@ -1,41 +1,18 @@
 //! examples/homelab syncs on the local control plane: both Deployments become Available, the
-//! migration Job completes, and the backup CronJob, run by hand, Completes.
+//! database's claim binds through the default StorageClass (no hand-made volume, as on k3s) and
+//! its StatefulSet becomes Ready, the migration Job completes, and the backup CronJob, run by
+//! hand, binds its claim and Completes.
 use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
 use kubesync::sync::ObjectResult;
-use serde_json::json;
 
 use crate::engine::sync_dir;
 use crate::support::{TestNamespace, eventually, repo_root};
-
-/// A hostPath volume reserved for one claim (the testbed has no volume provisioner; k3s has
-/// local-path).
-async fn volume_for(ns: &TestNamespace, claim: &str, size: &str) -> String {
-    let name = format!("{}-{claim}", ns.name);
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubesync.dev/test": "true"}},
-        "spec": {
-            "capacity": {"storage": size},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Delete",
-            "storageClassName": "",
-            "hostPath": {"path": format!("/tmp/kubesync-test-volumes/{name}")},
-            "claimRef": {"namespace": ns.name, "name": claim}
-        }
-    }))
-    .expect("pv");
-    Api::<PersistentVolume>::all(ns.client.clone())
-        .create(&PostParams::default(), &pv)
-        .await
-        .expect("creating a volume");
-    name
-}
 
 fn completed(job: &Job) -> bool {
     job.status
@@ -50,10 +27,6 @@ fn completed(job: &Job) -> bool {
 #[tokio::test]
 async fn the_homelab_example_syncs_and_its_jobs_complete() {
     let ns = TestNamespace::new("homelab").await;
-    let volumes = vec![
-        volume_for(&ns, "backups", "10Gi").await,
-        volume_for(&ns, "data-postgres-0", "5Gi").await,
-    ];
     let dir = repo_root().join("examples/homelab");
     let report = sync_dir(&ns, &dir, |_| {}).await;
     assert!(
@@ -89,6 +62,20 @@ async fn the_homelab_example_syncs_and_its_jobs_complete() {
         )
         .await;
     }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ns.client.clone(), &ns.name);
+    let bound = |name: &'static str| {
+        let claims = claims.clone();
+        async move {
+            let c = claims.get(name).await.ok()?;
+            (c.status?.phase.as_deref() == Some("Bound")).then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the database's claim to bind through the default StorageClass",
+        || bound("data-postgres-0"),
+    )
+    .await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(ns.client.clone(), &ns.name);
     eventually(
         Duration::from_secs(60),
@@ -130,16 +117,16 @@ async fn the_homelab_example_syncs_and_its_jobs_complete() {
         || async { completed(&jobs.get("backup-now").await.ok()?).then_some(()) },
     )
     .await;
+    eventually(
+        Duration::from_secs(10),
+        "the backups claim bound to its first consumer",
+        || bound("backups"),
+    )
+    .await;
 
     // A second sync changes nothing: Complete Jobs are not re-run, nothing is written.
     let again = sync_dir(&ns, &dir, |_| {}).await;
     assert!(again.succeeded(), "{:#?}", again.errors);
     assert_eq!(again.summary.unchanged, 14, "{:#?}", again.objects);
     assert_eq!(again.summary.pruned, 0);
-
-    for pv in volumes {
-        let _ = Api::<PersistentVolume>::all(ns.client.clone())
-            .delete(&pv, &DeleteParams::background())
-            .await;
-    }
 }

@@ -91,25 +91,6 @@ async fn the_homelab_tutorial_works_after_installing_k3s() {
         ns = home.name,
     ));
 
-    // Volumes for the claims (k3s's local-path does this by itself).
-    for (claim, size) in [("backups", "10Gi"), ("data-postgres-0", "5Gi")] {
-        sh(&format!(
-            "kubectl apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: {ns}-{claim}, labels: {{kubesync.dev/test: 'true'}}}}
-spec:
-  capacity: {{storage: {size}}}
-  accessModes: [ReadWriteOnce]
-  storageClassName: ''
-  persistentVolumeReclaimPolicy: Delete
-  hostPath: {{path: /tmp/kubesync-test-volumes/{ns}-{claim}}}
-  claimRef: {{namespace: {ns}, name: {claim}}}
-YAML",
-            ns = home.name
-        ));
-    }
-
     // The controller, as the chart's ServiceAccount would run it in the cluster.
     let token = sh(&format!(
         "kubectl -n {} create token {release} --duration=1h",

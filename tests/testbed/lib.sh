@@ -13,8 +13,15 @@ ETCD_BIN=$TESTBED_CACHE/etcd-$ETCD_VERSION/bin
 KWOK_BIN=$TESTBED_CACHE/kwok-$KWOK_VERSION/bin
 HELM_BIN=$TESTBED_CACHE/helm-$HELM_VERSION/bin
 PROM_BIN=$TESTBED_CACHE/prometheus-debian/bin
+PROVISIONER_SOURCE_HASH=$(cat "$TESTBED_DIR"/provisioner/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
+PROVISIONER_BIN=$TESTBED_CACHE/provisioner-$PROVISIONER_SOURCE_HASH/bin
 # One directory on PATH for tests: symlinks to kubectl, helm, promtool, prometheus, kwok, etcdctl.
 TESTBED_PATH=$TESTBED_CACHE/path
+
+# Address ranges as on k3s: Services from a /16 (thousands of cluster IPs), Pods from another.
+SERVICE_CIDR=10.43.0.0/16
+SERVICE_CIDR_FIRST_IP=10.43.0.1
+POD_CIDR=10.42.0.0/16
 
 # Loopback ports; override if they clash with something on the machine.
 ETCD_CLIENT_PORT=${KUBESYNC_TESTBED_ETCD_PORT:-23790}
