@@ -21,13 +21,14 @@ use crate::plan::{ObjectKey, PlannedObject};
 pub const HASH_ANNOTATION: &str = "kubesync.dev/applied-hash";
 /// `kubesync.dev/recreate: "true"`: delete and re-create when an immutable field changes.
 pub const RECREATE_ANNOTATION: &str = "kubesync.dev/recreate";
-/// Field managers whose ownership kubesync takes over (objects created or edited with kubectl).
-pub const ADOPTED_MANAGERS: &[&str] = &[
-    "kubectl-client-side-apply",
-    "kubectl",
-    "kubectl-edit",
-    "before-first-apply",
-];
+/// `kubesync.dev/adopt: "true"`: take the object over from the ApplySet that holds it now.
+pub const ADOPT_ANNOTATION: &str = "kubesync.dev/adopt";
+/// Field managers whose ownership kubesync takes over: client-side `kubectl apply` (and the
+/// entry the server makes when such an object is first server-side applied), so fields removed
+/// from Git are removed from the cluster after a migration, as Flux does. Only their Update
+/// entries: other managers (`kubectl edit`, `kubectl create`, `kubectl apply --server-side`,
+/// `kubectl label`) keep the fields Git does not set.
+pub const ADOPTED_MANAGERS: &[&str] = &["kubectl-client-side-apply", "before-first-apply"];
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 #[derive(Clone, Debug)]
@@ -48,6 +49,10 @@ pub enum ApplyAction {
     Created,
     Configured,
     Unchanged,
+    /// Deleted and created again (`kubesync.dev/recreate`) because an immutable field changed.
+    Recreated,
+    /// Taken over from another ApplySet (`kubesync.dev/adopt`).
+    Adopted,
     Failed(String),
 }
 
@@ -125,13 +130,32 @@ fn has_our_apply_entry(object: &DynamicObject, field_manager: &str) -> bool {
     })
 }
 
+fn is_adoptable(
+    entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+) -> bool {
+    entry.subresource.is_none()
+        && entry.operation.as_deref() == Some("Update")
+        && entry
+            .manager
+            .as_deref()
+            .is_some_and(|name| ADOPTED_MANAGERS.contains(&name))
+}
+
 fn has_adoptable_managers(object: &DynamicObject) -> bool {
-    managers(object).any(|m| {
-        m.subresource.is_none()
-            && m.manager
-                .as_deref()
-                .is_some_and(|name| ADOPTED_MANAGERS.contains(&name))
-    })
+    managers(object).any(is_adoptable)
+}
+
+/// The ApplySet the live object belongs to, when it is not the one `desired` is labelled with.
+fn foreign_set<'a>(live: &'a DynamicObject, desired: &Value) -> Option<&'a str> {
+    let ours = desired["metadata"]["labels"][crate::plan::PART_OF_LABEL].as_str();
+    live.labels()
+        .get(crate::plan::PART_OF_LABEL)
+        .map(String::as_str)
+        .filter(|theirs| Some(*theirs) != ours)
+}
+
+fn wants_adopt(desired: &Value) -> bool {
+    desired["metadata"]["annotations"][ADOPT_ANNOTATION].as_str() == Some("true")
 }
 
 /// Decides, without a request, whether the live object already is what Git says.
@@ -236,18 +260,58 @@ async fn apply_one(
         return outcome(ApplyAction::Unchanged, false, Some(live));
     }
     let api = api_for(client, planned);
+    // Not in this set's inventory: it may still exist, in another set or outside any.
+    let fetched = match before {
+        Some(_) => None,
+        None => match api.get_opt(&planned.key.name).await {
+            Ok(found) => found,
+            Err(e) => {
+                return outcome(
+                    ApplyAction::Failed(describe_error(&e, planned)),
+                    false,
+                    None,
+                );
+            }
+        },
+    };
+    let before = before.or(fetched.as_ref());
+    let outcome = |action, drift_corrected, live: Option<&DynamicObject>| ApplyOutcome {
+        before: before.filter(|_| options.dry_run).cloned(),
+        ..outcome(action, drift_corrected, live)
+    };
+    let adopting = match before.and_then(|live| foreign_set(live, &planned.desired)) {
+        Some(_) if wants_adopt(&planned.desired) => true,
+        Some(theirs) => {
+            let ours = planned.desired["metadata"]["labels"][crate::plan::PART_OF_LABEL]
+                .as_str()
+                .unwrap_or_default();
+            return outcome(
+                ApplyAction::Failed(format!(
+                    "belongs to another ApplySet ({}={theirs}), not to this one ({ours}); an object \
+                     has one owner: remove it from the other set's source, or annotate it \
+                     {ADOPT_ANNOTATION}: \"true\" in Git to take it over",
+                    crate::plan::PART_OF_LABEL
+                )),
+                false,
+                None,
+            );
+        }
+        None => false,
+    };
     let mut params = PatchParams::apply(&options.field_manager);
     params.force = options.force_conflicts;
     params.dry_run = options.dry_run;
     let mut result = api
         .patch(&planned.key.name, &params, &Patch::Apply(&desired))
         .await;
+    let mut recreated = false;
     if let Err(kube::Error::Api(status)) = &result
         && is_immutable_error(status)
         && wants_recreate(&planned.desired, before)
         && !options.dry_run
     {
         result = recreate(&api, planned, before, &params, &desired).await;
+        recreated = result.is_ok();
     }
     let applied = match result {
         Ok(applied) => applied,
@@ -291,6 +355,8 @@ async fn apply_one(
         applied
     };
     let action = match before {
+        _ if recreated => ApplyAction::Recreated,
+        Some(_) if adopting => ApplyAction::Adopted,
         // A dry run never bumps resourceVersion: compare the content instead.
         Some(b) if options.dry_run && comparable(b) == comparable(&applied) => {
             ApplyAction::Unchanged
@@ -343,8 +409,41 @@ fn looks_created(applied: &DynamicObject, field_manager: &str) -> bool {
         && !applied.annotations().contains_key(LAST_APPLIED)
 }
 
-fn is_immutable_error(status: &kube::core::Status) -> bool {
-    status.code == 422 && status.message.contains("immutable")
+/// Phrases the API server uses when a field cannot be updated in place: "field is immutable",
+/// "may not change once set" (a Service's clusterIP), "Forbidden: updates to statefulset spec for
+/// fields other than …", "spec is immutable after creation" (a PVC), and the like.
+const IMMUTABLE_PHRASES: &[&str] = &[
+    "immutable",
+    "may not change once set",
+    "updates to statefulset spec for fields other than",
+];
+
+fn is_immutable_text(text: &str) -> bool {
+    IMMUTABLE_PHRASES.iter().any(|p| text.contains(p))
+}
+
+/// A 422 Invalid whose message or causes say a field cannot be updated in place.
+pub fn is_immutable_error(status: &kube::core::Status) -> bool {
+    status.code == 422
+        && (is_immutable_text(&status.message)
+            || status
+                .details
+                .iter()
+                .flat_map(|d| &d.causes)
+                .any(|c| is_immutable_text(&c.message)))
+}
+
+/// The fields an immutable-update error names (its causes), or an empty list.
+fn immutable_fields(status: &kube::core::Status) -> Vec<String> {
+    let mut fields: Vec<String> = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .filter(|c| is_immutable_text(&c.message) && !c.field.is_empty())
+        .map(|c| c.field.clone())
+        .collect();
+    fields.dedup();
+    fields
 }
 
 fn wants_recreate(desired: &Value, before: Option<&DynamicObject>) -> bool {
@@ -399,8 +498,7 @@ async fn adopt(
     for entry in managers(applied) {
         let value = serde_json::to_value(entry).unwrap_or(Value::Null);
         let manager = entry.manager.as_deref().unwrap_or_default();
-        let adoptable = entry.subresource.is_none() && ADOPTED_MANAGERS.contains(&manager);
-        if adoptable {
+        if is_adoptable(entry) {
             let fields = value.get("fieldsV1").cloned().unwrap_or(json!({}));
             merged = Some(match merged.take() {
                 Some(m) => merge_fields(m, fields),
@@ -468,10 +566,18 @@ pub fn describe_error(e: &kube::Error, planned: &PlannedObject) -> String {
                 409 if status.reason == "Conflict" => format!(
                     "conflict with another field manager (use --force-conflicts to let Git win): {message}"
                 ),
+                422 if is_immutable_error(status) => {
+                    let fields = immutable_fields(status);
+                    let which = if fields.is_empty() {
+                        "a field that cannot change in place".to_string()
+                    } else {
+                        format!("{} cannot change in place", fields.join(", "))
+                    };
+                    format!(
+                        "{which}: {message} (annotate the object {RECREATE_ANNOTATION}: \"true\" in Git to let kubesync delete and re-create it)"
+                    )
+                }
                 403 => format!("forbidden: {message}"),
-                422 if message.contains("immutable") => format!(
-                    "{message} (annotate the object {RECREATE_ANNOTATION}: \"true\" to let kubesync delete and re-create it)"
-                ),
                 _ => crate::error::kube_message(e),
             }
         }

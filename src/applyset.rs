@@ -60,6 +60,16 @@ impl Parent {
         }
     }
 
+    /// The parent's identity, as objects in Git are keyed.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            group: self.resource.group.clone(),
+            kind: self.resource.kind.clone(),
+            namespace: Some(self.namespace.clone()),
+            name: self.name.clone(),
+        }
+    }
+
     pub fn is_secret(&self) -> bool {
         self.resource.kind == "Secret" && self.resource.group.is_empty()
     }
@@ -186,27 +196,18 @@ pub async fn read_parent(client: &Client, parent: &Parent) -> Result<ParentState
     else {
         return Ok(ParentState::default());
     };
-    let id = parent.id();
-    if let Some(existing) = obj.labels().get(ID_LABEL)
-        && existing != &id
-    {
-        return Err(ApplySetError::ForeignParent {
-            kind: parent.resource.kind.clone(),
-            namespace: parent.namespace.clone(),
-            name: parent.name.clone(),
-            detail: format!("its {ID_LABEL} is {existing}"),
-        });
-    }
     let annotations = obj.annotations();
     let tooling = annotations.get(TOOLING_ANNOTATION).cloned();
-    if let Some(t) = &tooling
-        && !t.starts_with("kubesync/")
-    {
+    if let Some(detail) = foreign_parent(
+        parent,
+        obj.labels().get(ID_LABEL).map(String::as_str),
+        tooling.as_deref(),
+    ) {
         return Err(ApplySetError::ForeignParent {
             kind: parent.resource.kind.clone(),
             namespace: parent.namespace.clone(),
             name: parent.name.clone(),
-            detail: format!("managed by {t}"),
+            detail,
         });
     }
     let footprint = Footprint {
@@ -234,6 +235,25 @@ pub async fn read_parent(client: &Client, parent: &Parent) -> Result<ParentState
         footprint,
         tooling,
     })
+}
+
+/// Why an existing object cannot serve as this parent, if it cannot. A Secret parent is created by
+/// kubesync, so an existing Secret must already carry kubesync's tooling annotation and this set's
+/// id: anything else is somebody's data (`kubectl create secret … userdata`), never stamped over.
+/// A GitSync is the user's own object and becomes a parent at its first sync, so it may carry
+/// neither yet; when it carries them, they must be ours.
+fn foreign_parent(parent: &Parent, id: Option<&str>, tooling: Option<&str>) -> Option<String> {
+    let expected = parent.id();
+    match (id, tooling) {
+        (Some(id), _) if id != expected => Some(format!("its {ID_LABEL} is {id}, not {expected}")),
+        (_, Some(t)) if !t.starts_with("kubesync/") => Some(format!("managed by {t}")),
+        (Some(_), Some(_)) => None,
+        _ if !parent.is_secret() => None,
+        _ => Some(format!(
+            "it exists without kubesync's {TOOLING_ANNOTATION} annotation and {ID_LABEL} label, \
+             so it is not an ApplySet parent kubesync made; choose another --name"
+        )),
+    }
 }
 
 /// Writes the parent's labels and annotations (server-side apply; creates a Secret parent).
@@ -434,6 +454,29 @@ pub async fn list_inventory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_own_parents_are_used() {
+        let secret = Parent::secret("app", "ns");
+        let id = secret.id();
+        let ours = Some("kubesync/v0.1.0");
+        assert_eq!(foreign_parent(&secret, Some(&id), ours), None);
+        let unlabelled = foreign_parent(&secret, None, None).expect("a plain Secret is refused");
+        assert!(unlabelled.contains("choose another --name"), "{unlabelled}");
+        assert!(foreign_parent(&secret, Some(&id), None).is_some());
+        assert!(foreign_parent(&secret, Some("applyset-other-v1"), ours).is_some());
+        assert!(foreign_parent(&secret, Some(&id), Some("kubectl/v1.36")).is_some());
+        let gitsync = Parent::git_sync("app", "ns");
+        assert_eq!(
+            foreign_parent(&gitsync, None, None),
+            None,
+            "a GitSync becomes a parent at its first sync"
+        );
+        assert!(
+            foreign_parent(&gitsync, Some(&id), ours).is_some(),
+            "another set's id"
+        );
+    }
 
     #[test]
     fn id_matches_the_kep_formula() {

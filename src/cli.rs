@@ -451,6 +451,8 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
             }
             ObjectResult::Configured => "configured".to_string(),
             ObjectResult::Unchanged => "unchanged".to_string(),
+            ObjectResult::Recreated => "recreated".to_string(),
+            ObjectResult::Adopted => "adopted".to_string(),
             ObjectResult::Pruned => "pruned".to_string(),
             ObjectResult::Kept(r) => format!("kept ({r})"),
             ObjectResult::Skipped(r) => format!("skipped ({r})"),

@@ -58,8 +58,23 @@ pub struct Context {
     /// GitSyncs this process has started a sync for.
     started: Mutex<std::collections::HashSet<String>>,
     impersonating: Mutex<HashMap<String, Client>>,
+    /// Per GitSync: objects the last sync left unhealthy, read again between syncs.
+    unhealthy: Mutex<HashMap<String, Recheck>>,
     stop: watch::Receiver<bool>,
 }
+
+/// Objects whose health is read again until they are healthy or the next sync runs.
+#[derive(Clone)]
+struct Recheck {
+    client: Client,
+    objects: Vec<(crate::plan::ObjectKey, kube::discovery::ApiResource)>,
+    /// The count last written to status and metrics.
+    reported: usize,
+    next: std::time::Instant,
+}
+
+/// How often objects a sync left unhealthy are read again between syncs.
+const HEALTH_RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -106,6 +121,7 @@ impl Context {
             finished: Mutex::new(HashMap::new()),
             started: Mutex::new(Default::default()),
             impersonating: Mutex::new(HashMap::new()),
+            unhealthy: Mutex::new(HashMap::new()),
             stop,
         }
     }
@@ -162,6 +178,52 @@ impl Context {
             .insert(key.into(), finished);
     }
 
+    /// GitSyncs this process holds any state for.
+    fn known_keys(&self) -> std::collections::BTreeSet<String> {
+        let mut keys: std::collections::BTreeSet<String> = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        keys.extend(
+            self.finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        keys.extend(
+            self.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        keys.extend(self.rechecks().keys().cloned());
+        keys
+    }
+
+    fn rechecks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Recheck>> {
+        self.unhealthy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops everything kept for a deleted GitSync: its entries here and its metric series.
+    fn forget(&self, key: &str) {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.set_failures(key, 0);
+        self.rechecks().remove(key);
+        self.metrics.forget(key);
+    }
+
     fn set_failures(&self, key: &str, count: u32) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if count == 0 {
@@ -183,7 +245,9 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let sweeper = tokio::spawn(forget_deleted(ctx.clone(), controller.store()));
+    controller
         .with_config(config)
         .graceful_shutdown_on(shutdown)
         // Boxed: the engine's future is Send, but rustc cannot prove it through the generic
@@ -209,6 +273,31 @@ pub async fn run(
             }
         })
         .await;
+    sweeper.abort();
+}
+
+/// How often state and metric series of deleted GitSyncs are dropped.
+const FORGET_PERIOD: Duration = Duration::from_secs(5);
+
+/// Drops, every few seconds, what this process keeps for GitSyncs that no longer exist (the
+/// reconciler never hears of a deletion): per-GitSync maps and metric series.
+async fn forget_deleted(ctx: Arc<Context>, store: kube::runtime::reflector::Store<GitSync>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(FORGET_PERIOD).await;
+        for key in ctx.known_keys() {
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
+            let object = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+            if store.get(&object).is_none() {
+                info!(sync = %key, "GitSync deleted: forgetting its state and metric series");
+                ctx.forget(&key);
+            }
+        }
+    }
 }
 
 fn error_policy(sync: Arc<GitSync>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
@@ -226,11 +315,15 @@ fn key_of(sync: &GitSync) -> String {
     )
 }
 
-/// ±10 % jitter around `interval`, different for each GitSync and each sync.
-fn jittered(interval: Duration, key: &str) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write(key.as_bytes());
+/// ±10 % jitter around `interval`, different for each GitSync and each sync, and the same for
+/// the same GitSync and last sync time: every requeue of one wait agrees on it (the scheduler
+/// keeps the earliest of several requeues, so an unjittered one would undo the jitter).
+fn jittered(interval: Duration, key: &str, last_sync: Timestamp) -> Duration {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same input gives the same wait in every call.
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    last_sync.as_second().hash(&mut hasher);
     let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
     interval.mul_f64(1.0 + 0.1 * unit)
 }
@@ -286,7 +379,7 @@ fn due(sync: &GitSync, interval: Duration, failures: u32, now: Timestamp) -> Due
     let wait = if failures > 0 {
         backoff(failures, interval)
     } else {
-        interval
+        jittered(interval, &key_of(sync), last.0)
     };
     let elapsed = now
         .duration_since(last.0)
@@ -462,7 +555,10 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     let mut view = (*sync).clone();
     view.status = Some(known_status(&old_status, finished_here.as_ref()));
     let why = match due(&view, interval, failures, Timestamp::now()) {
-        Due::In(wait) => return Ok(Action::requeue(wait)),
+        Due::In(wait) => {
+            let recheck = recheck_health(&ctx, &sync, &key).await?;
+            return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
+        }
         Due::Now(why) => why,
     };
     if *ctx.stop.borrow() {
@@ -511,33 +607,38 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     .await?;
 
     let report = run_sync(&ctx, &sync, timeout).await;
-    let managed = report
-        .objects
-        .iter()
-        .filter(|o| {
-            matches!(
-                o.result,
-                ObjectResult::Created | ObjectResult::Configured | ObjectResult::Unchanged
-            )
-        })
-        .count() as i64;
+    let managed = report.summary.managed as i64;
     let first_apply = report.succeeded()
         && report.revision.is_some()
         && report.revision != old_status.last_applied_revision;
     ctx.metrics.record_sync(&key, &report, managed, first_apply);
 
-    let status = status_after(&sync, &old_status, &report, managed, generation);
+    // Whole seconds, as the status stores it: the next interval's jitter is seeded by it, and
+    // this process and the watch must agree on it.
+    let finished_at = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
+    let status = status_after(
+        &sync,
+        &old_status,
+        &report,
+        managed,
+        generation,
+        finished_at,
+    );
     patch_status(&ctx, &sync, status).await?;
     ctx.set_finished(
         &key,
         Finished {
-            time: Timestamp::now(),
+            time: finished_at,
             generation,
             requested_at: sync.annotations().get(REQUESTED_AT_ANNOTATION).cloned(),
         },
     );
 
-    let changed = report.summary.created + report.summary.configured + report.summary.pruned;
+    let changed = report.summary.created
+        + report.summary.configured
+        + report.summary.recreated
+        + report.summary.adopted
+        + report.summary.pruned;
     let revision = report
         .revision
         .as_deref()
@@ -568,9 +669,12 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         )
         .await;
     }
+    let recheck = remember_unhealthy(&ctx, &sync, &key, &report).then_some(HEALTH_RECHECK);
     if report.succeeded() {
         ctx.set_failures(&key, 0);
-        Ok(Action::requeue(jittered(interval, &key)))
+        // The same wait `due` computes when the status write comes back through the watch.
+        let wait = jittered(interval, &key, finished_at);
+        Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))))
     } else {
         let failures = failures.saturating_add(1);
         ctx.set_failures(&key, failures);
@@ -586,6 +690,7 @@ fn status_after(
     report: &SyncReport,
     managed: i64,
     generation: Option<i64>,
+    finished_at: Timestamp,
 ) -> serde_json::Value {
     let ok = report.succeeded();
     let first_error = report.errors.first().cloned().or_else(|| {
@@ -648,7 +753,7 @@ fn status_after(
             ),
         ],
     );
-    let now = Time(Timestamp::now());
+    let now = Time(finished_at);
     let mut history = vec![SyncHistoryEntry {
         revision: report.revision.clone(),
         result: if ok { "Succeeded" } else { "Failed" }.into(),
@@ -714,12 +819,9 @@ async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncRepor
         auth,
         timeout,
     };
-    let apply_client = match &sync.spec.service_account_name {
-        Some(sa) => match ctx.impersonating(&namespace, sa) {
-            Ok(c) => c,
-            Err(message) => return fail("credentials", message),
-        },
-        None => ctx.client.clone(),
+    let apply_client = match apply_client(ctx, sync) {
+        Ok(c) => c,
+        Err(message) => return fail("credentials", message),
     };
     let clients = Clients {
         apply: apply_client,
@@ -737,6 +839,89 @@ async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncRepor
     options.parent = Some(Parent::git_sync(&name, &namespace));
     options.stop = Some(ctx.stop.clone());
     crate::sync::sync_source_with(&clients, &spec, &work_dir.join("git"), &options).await
+}
+
+/// The client a GitSync's objects are applied (and read) with: its ServiceAccount's, if it names
+/// one.
+fn apply_client(ctx: &Context, sync: &GitSync) -> Result<Client, String> {
+    match &sync.spec.service_account_name {
+        Some(sa) => ctx.impersonating(&sync.namespace().unwrap_or_default(), sa),
+        None => Ok(ctx.client.clone()),
+    }
+}
+
+/// After a sync: remembers the objects it left unhealthy (not failed for good: those need a new
+/// commit), so their health is read again between syncs. Returns whether there are any.
+fn remember_unhealthy(ctx: &Context, sync: &GitSync, key: &str, report: &SyncReport) -> bool {
+    let objects: Vec<_> = report
+        .objects
+        .iter()
+        .filter(|o| o.health.as_ref().is_some_and(|h| !h.is_healthy()))
+        .filter_map(|o| o.target.clone())
+        .collect();
+    let client = apply_client(ctx, sync).ok();
+    match client.filter(|_| !objects.is_empty()) {
+        Some(client) => {
+            ctx.rechecks().insert(
+                key.into(),
+                Recheck {
+                    client,
+                    objects,
+                    reported: report.summary.unhealthy,
+                    next: std::time::Instant::now() + HEALTH_RECHECK,
+                },
+            );
+            true
+        }
+        None => {
+            ctx.rechecks().remove(key);
+            false
+        }
+    }
+}
+
+/// Between syncs: reads the health of the objects the last sync left unhealthy (only those) and
+/// updates the gauge and the status's unhealthy count when it changed. Returns how long until the
+/// next read, while any object is still unhealthy.
+async fn recheck_health(
+    ctx: &Context,
+    sync: &GitSync,
+    key: &str,
+) -> Result<Option<Duration>, ControllerError> {
+    let Some(recheck) = ctx.rechecks().get(key).cloned() else {
+        return Ok(None);
+    };
+    let now = std::time::Instant::now();
+    if recheck.next > now {
+        return Ok(Some(recheck.next - now));
+    }
+    let mut still = Vec::new();
+    for (object, resource) in recheck.objects {
+        let health = crate::sync::read_health(&recheck.client, &object, &resource).await;
+        if health.is_none_or(|h| !h.is_healthy()) {
+            still.push((object, resource));
+        }
+    }
+    let count = still.len();
+    if count != recheck.reported {
+        info!(sync = %key, unhealthy = count, "health re-read between syncs");
+        ctx.metrics.set_unhealthy(key, count);
+        patch_status(ctx, sync, json!({"summary": {"unhealthy": count}})).await?;
+    }
+    if still.is_empty() {
+        ctx.rechecks().remove(key);
+        return Ok(None);
+    }
+    ctx.rechecks().insert(
+        key.into(),
+        Recheck {
+            objects: still,
+            reported: count,
+            next: std::time::Instant::now() + HEALTH_RECHECK,
+            ..recheck
+        },
+    );
+    Ok(Some(HEALTH_RECHECK))
 }
 
 /// Reads the GitSync's Secret and writes the SSH key and known_hosts it holds to private files
@@ -1032,7 +1217,10 @@ mod tests {
             stale.status.as_ref().expect("status"),
             Some(&finished),
         ));
-        assert_eq!(due(&view, minute, 0, t1), Due::In(minute));
+        assert_eq!(
+            due(&view, minute, 0, t1),
+            Due::In(jittered(minute, "apps/web", t1))
+        );
         // Once the watch shows a newer status, that one counts.
         let t2 = t1
             .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5))
@@ -1085,6 +1273,7 @@ mod tests {
             due(&sync_with(Some(synced(t0, None)), 2, None), minute, 0, t0),
             Due::Now("spec changed")
         );
+        let period = jittered(minute, "apps/web", t0);
         assert_eq!(
             due(
                 &sync_with(Some(synced(t0, None)), 1, None),
@@ -1092,16 +1281,17 @@ mod tests {
                 0,
                 after(20)
             ),
-            Due::In(Duration::from_secs(40))
+            Due::In(period - Duration::from_secs(20))
         );
         assert_eq!(
             due(
                 &sync_with(Some(synced(t0, None)), 1, None),
                 minute,
                 0,
-                after(60)
+                after(67)
             ),
-            Due::Now("interval")
+            Due::Now("interval"),
+            "due within the interval plus 10 %"
         );
         assert_eq!(
             due(
@@ -1119,7 +1309,7 @@ mod tests {
                 0,
                 after(1)
             ),
-            Due::In(Duration::from_secs(59))
+            Due::In(period - Duration::from_secs(1))
         );
         // After 2 failures the backoff (10 s) decides, not the interval.
         assert_eq!(
@@ -1141,14 +1331,34 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_ten_percent() {
+    fn jitter_stays_within_ten_percent_and_spreads() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+        let mut waits = std::collections::BTreeSet::new();
         for i in 0..200 {
-            let d = jittered(Duration::from_secs(100), &format!("s{i}"));
+            let d = jittered(Duration::from_secs(100), &format!("s{i}"), t0);
             assert!(
                 d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
                 "{d:?}"
             );
+            assert_eq!(d, jittered(Duration::from_secs(100), &format!("s{i}"), t0));
+            waits.insert(d.as_millis());
         }
+        assert!(waits.len() > 150, "waits spread: {} distinct", waits.len());
+        let below = waits.iter().filter(|&&w| w < 100_000).count();
+        assert!(
+            below > 50 && below < 150,
+            "about half the waits are shorter than the interval: {below}"
+        );
+    }
+
+    #[test]
+    fn the_wait_after_a_sync_is_the_same_from_every_requeue() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+        let minute = Duration::from_secs(60);
+        let sync = sync_with(Some(synced(t0, None)), 1, None);
+        let expected = jittered(minute, &key_of(&sync), t0);
+        assert_ne!(expected, minute, "jittered");
+        assert_eq!(due(&sync, minute, 0, t0), Due::In(expected));
     }
 
     #[test]

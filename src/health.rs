@@ -1,4 +1,5 @@
-//! Health of applied objects: rollouts done, Jobs complete, CronJobs' last run, PVCs bound.
+//! Health of applied objects: rollouts done (partitions and OnDelete honoured), Jobs complete,
+//! CronJobs' last run, PVCs bound, custom resources by their standard conditions (kstatus).
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -7,13 +8,17 @@ pub enum Health {
     Healthy,
     /// Not there yet; may become healthy by waiting.
     Progressing(String),
+    /// Paused or suspended on purpose (a paused Deployment, a suspended Job or CronJob): not
+    /// failing, and nothing to wait for.
+    Suspended(String),
     /// Will not become healthy by waiting.
     Failed(String),
 }
 
 impl Health {
+    /// Healthy, or deliberately suspended: nothing to alert on or wait for.
     pub fn is_healthy(&self) -> bool {
-        matches!(self, Health::Healthy)
+        matches!(self, Health::Healthy | Health::Suspended(_))
     }
 }
 
@@ -47,22 +52,90 @@ pub fn assess(group: &str, kind: &str, object: &Value) -> Health {
         ("apps", "DaemonSet") => daemonset(object),
         ("batch", "Job") => job(object),
         ("batch", "CronJob") => cronjob(object),
-        ("", "PersistentVolumeClaim") => match object["status"]["phase"].as_str() {
-            Some("Bound") => Health::Healthy,
-            Some("Lost") => Health::Failed("claim lost its volume".into()),
-            _ => Health::Progressing("waiting for the claim to be bound".into()),
-        },
+        ("", "PersistentVolumeClaim") => claim(object),
         ("", "Pod") => match object["status"]["phase"].as_str() {
             Some("Succeeded") => Health::Healthy,
             Some("Failed") => Health::Failed("pod failed".into()),
             Some("Running") if condition_true(object, "Ready") => Health::Healthy,
             _ => Health::Progressing("pod is not ready".into()),
         },
+        (group, _) if is_builtin_group(group) => Health::Healthy,
+        _ => custom_resource(object),
+    }
+}
+
+/// Groups served by Kubernetes itself (no `.` in the name, or a `*.k8s.io` group): kinds there
+/// without a rule above have no health of their own.
+fn is_builtin_group(group: &str) -> bool {
+    !group.contains('.') || group.ends_with(".k8s.io")
+}
+
+/// Custom resources by the conventions most controllers follow (kstatus): a `Stalled=True`
+/// condition is a failure; `Reconciling=True`, `Ready=False` or a generation not yet observed is
+/// progress; `Ready=True`, or no conditions at all, is healthy.
+fn custom_resource(o: &Value) -> Health {
+    let message = |c: &Value| {
+        let reason = c["reason"].as_str().unwrap_or_default();
+        let text = c["message"].as_str().unwrap_or_default();
+        match (reason, text) {
+            ("", "") => String::new(),
+            (r, "") => format!(": {r}"),
+            ("", m) => format!(": {m}"),
+            (r, m) => format!(": {r}: {m}"),
+        }
+    };
+    if let Some(c) = condition(o, "Stalled").filter(|c| c["status"] == "True") {
+        return Health::Failed(format!("stalled{}", message(c)));
+    }
+    if let Some(observed) = o["status"]["observedGeneration"].as_i64()
+        && observed < int(&o["metadata"]["generation"])
+    {
+        return Health::Progressing("generation not observed yet".into());
+    }
+    if let Some(c) = condition(o, "Reconciling").filter(|c| c["status"] == "True") {
+        return Health::Progressing(format!("reconciling{}", message(c)));
+    }
+    match condition(o, "Ready") {
+        Some(c) if c["status"] == "False" => {
+            Health::Progressing(format!("not ready{}", message(c)))
+        }
+        Some(c) if c["status"] != "True" => Health::Progressing("readiness unknown".into()),
         _ => Health::Healthy,
     }
 }
 
+/// A claim is healthy once bound. A Pending claim that no provisioner has taken up and no node was
+/// chosen for is waiting for its first Pod (late binding, as k3s's `local-path` does): nothing to
+/// wait for until a workload uses it, so it counts as suspended, not unhealthy.
+fn claim(o: &Value) -> Health {
+    match o["status"]["phase"].as_str() {
+        Some("Bound") => Health::Healthy,
+        Some("Lost") => Health::Failed("claim lost its volume".into()),
+        _ => {
+            let annotations = &o["metadata"]["annotations"];
+            let started = [
+                "volume.kubernetes.io/storage-provisioner",
+                "volume.beta.kubernetes.io/storage-provisioner",
+                "volume.kubernetes.io/selected-node",
+            ]
+            .iter()
+            .any(|a| annotations[*a].is_string());
+            let has_class = o["spec"]["storageClassName"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty());
+            if has_class && !started {
+                Health::Suspended("waiting for its first consumer (late binding)".into())
+            } else {
+                Health::Progressing("waiting for the claim to be bound".into())
+            }
+        }
+    }
+}
+
 fn deployment(o: &Value) -> Health {
+    if o["spec"]["paused"] == true {
+        return Health::Suspended("rollout paused".into());
+    }
     if !generation_observed(o) {
         return Health::Progressing("rollout not observed yet".into());
     }
@@ -105,11 +178,25 @@ fn statefulset(o: &Value) -> Health {
     if ready < wanted {
         return Health::Progressing(format!("{ready} of {wanted} replicas ready"));
     }
-    let rolling = o["spec"]["updateStrategy"]["type"]
-        .as_str()
-        .unwrap_or("RollingUpdate")
-        == "RollingUpdate";
-    if rolling && s["updateRevision"].is_string() && s["currentRevision"] != s["updateRevision"] {
+    let strategy = &o["spec"]["updateStrategy"];
+    if strategy["type"].as_str().unwrap_or("RollingUpdate") != "RollingUpdate" {
+        // OnDelete: Pods are replaced only when someone deletes them; nothing to wait for.
+        return Health::Healthy;
+    }
+    // A partition keeps ordinals below it on the old revision on purpose: the rollout is done
+    // when every Pod at or above the partition is updated.
+    let partition = strategy["rollingUpdate"]["partition"].as_i64().unwrap_or(0);
+    if partition > 0 {
+        let expected = (wanted - partition).max(0);
+        let updated = int(&s["updatedReplicas"]);
+        if updated < expected {
+            return Health::Progressing(format!(
+                "{updated} of {expected} replicas above partition {partition} updated"
+            ));
+        }
+        return Health::Healthy;
+    }
+    if s["updateRevision"].is_string() && s["currentRevision"] != s["updateRevision"] {
         return Health::Progressing("rolling update in progress".into());
     }
     Health::Healthy
@@ -123,7 +210,9 @@ fn daemonset(o: &Value) -> Health {
     let desired = int(&s["desiredNumberScheduled"]);
     let updated = int(&s["updatedNumberScheduled"]);
     let available = int(&s["numberAvailable"]);
-    if updated < desired || available < desired {
+    // OnDelete: old Pods stay until someone deletes them; only availability counts.
+    let on_delete = o["spec"]["updateStrategy"]["type"] == "OnDelete";
+    if (updated < desired && !on_delete) || available < desired {
         return Health::Progressing(format!("{available} of {desired} pods available"));
     }
     Health::Healthy
@@ -140,12 +229,15 @@ fn job(o: &Value) -> Health {
         return Health::Failed(format!("job failed: {reason}"));
     }
     if o["spec"]["suspend"] == true {
-        return Health::Healthy;
+        return Health::Suspended("job suspended".into());
     }
     Health::Progressing("job is running".into())
 }
 
 fn cronjob(o: &Value) -> Health {
+    if o["spec"]["suspend"] == true {
+        return Health::Suspended("cronjob suspended".into());
+    }
     let s = &o["status"];
     let Some(scheduled) = s["lastScheduleTime"].as_str() else {
         return Health::Healthy; // never run yet
@@ -228,6 +320,83 @@ mod tests {
     }
 
     #[test]
+    fn partitions_pauses_and_on_delete_settle() {
+        let partitioned = json!({"metadata": {"generation": 2},
+            "spec": {"replicas": 3, "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}},
+            "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 2,
+                "currentRevision": "r1", "updateRevision": "r2"}});
+        assert_eq!(assess("apps", "StatefulSet", &partitioned), Health::Healthy);
+        let mut halfway = partitioned.clone();
+        halfway["status"]["updatedReplicas"] = json!(1);
+        assert!(matches!(
+            assess("apps", "StatefulSet", &halfway),
+            Health::Progressing(_)
+        ));
+        let paused = json!({"metadata": {"generation": 3}, "spec": {"replicas": 2, "paused": true},
+            "status": {"observedGeneration": 2}});
+        let health = assess("apps", "Deployment", &paused);
+        assert!(matches!(health, Health::Suspended(_)), "{health:?}");
+        assert!(health.is_healthy(), "paused is not failing");
+        let on_delete = json!({"metadata": {"generation": 2}, "spec": {"updateStrategy": {"type": "OnDelete"}},
+            "status": {"observedGeneration": 2, "desiredNumberScheduled": 3, "updatedNumberScheduled": 1, "numberAvailable": 3}});
+        assert_eq!(assess("apps", "DaemonSet", &on_delete), Health::Healthy);
+        let mut rolling = on_delete.clone();
+        rolling["spec"]["updateStrategy"]["type"] = json!("RollingUpdate");
+        assert!(matches!(
+            assess("apps", "DaemonSet", &rolling),
+            Health::Progressing(_)
+        ));
+    }
+
+    #[test]
+    fn custom_resources_by_their_conditions() {
+        let cr =
+            |status: serde_json::Value| json!({"metadata": {"generation": 2}, "status": status});
+        assert_eq!(
+            assess("example.io", "Widget", &json!({"spec": {}})),
+            Health::Healthy,
+            "no conditions: nothing to judge"
+        );
+        assert_eq!(
+            assess(
+                "example.io",
+                "Widget",
+                &cr(
+                    json!({"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}]})
+                )
+            ),
+            Health::Healthy
+        );
+        assert!(matches!(
+            assess("example.io", "Widget", &cr(json!({"conditions": [{"type": "Ready", "status": "False", "reason": "Waiting"}]}))),
+            Health::Progressing(r) if r.contains("Waiting")
+        ));
+        assert!(matches!(
+            assess(
+                "example.io",
+                "Widget",
+                &cr(
+                    json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]})
+                )
+            ),
+            Health::Progressing(_)
+        ));
+        assert!(matches!(
+            assess("example.io", "Widget", &cr(json!({"conditions": [{"type": "Stalled", "status": "True", "message": "bad spec"}]}))),
+            Health::Failed(r) if r.contains("bad spec")
+        ));
+        assert_eq!(
+            assess(
+                "networking.k8s.io",
+                "Ingress",
+                &cr(json!({"conditions": [{"type": "Ready", "status": "False"}]}))
+            ),
+            Health::Healthy,
+            "built-in kinds without a rule are healthy"
+        );
+    }
+
+    #[test]
     fn claims_and_others() {
         assert_eq!(
             assess(
@@ -243,6 +412,18 @@ mod tests {
                 "PersistentVolumeClaim",
                 &json!({"status": {"phase": "Pending"}})
             ),
+            Health::Progressing(_)
+        ));
+        let late =
+            json!({"spec": {"storageClassName": "local-path"}, "status": {"phase": "Pending"}});
+        assert!(matches!(
+            assess("", "PersistentVolumeClaim", &late),
+            Health::Suspended(_)
+        ));
+        let provisioning = json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "n1"}},
+            "spec": {"storageClassName": "local-path"}, "status": {"phase": "Pending"}});
+        assert!(matches!(
+            assess("", "PersistentVolumeClaim", &provisioning),
             Health::Progressing(_)
         ));
         assert_eq!(assess("", "ConfigMap", &json!({})), Health::Healthy);

@@ -40,7 +40,20 @@ pub enum Operation {
     created,
     configured,
     unchanged,
+    recreated,
+    adopted,
     failed,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 6] = [
+        Operation::created,
+        Operation::configured,
+        Operation::unchanged,
+        Operation::recreated,
+        Operation::adopted,
+        Operation::failed,
+    ];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -241,6 +254,8 @@ impl Metrics {
             (Operation::created, report.summary.created),
             (Operation::configured, report.summary.configured),
             (Operation::unchanged, report.summary.unchanged),
+            (Operation::recreated, report.summary.recreated),
+            (Operation::adopted, report.summary.adopted),
             (Operation::failed, report.summary.failed),
         ] {
             let counter = self.operations.get_or_create(&OperationLabels {
@@ -320,19 +335,58 @@ impl Metrics {
             .inc();
     }
 
+    /// The unhealthy count, re-read between syncs.
+    pub fn set_unhealthy(&self, sync: &str, count: usize) {
+        self.unhealthy
+            .get_or_create(&SyncLabels { sync: sync.into() })
+            .set(count as i64);
+    }
+
     pub fn set_suspended(&self, sync: &str, suspended: bool) {
         self.suspended
             .get_or_create(&SyncLabels { sync: sync.into() })
             .set(i64::from(suspended));
     }
 
-    /// Drops every series of a deleted GitSync.
+    /// Drops every series of a deleted GitSync, counters and histograms included.
     pub fn forget(&self, sync: &str) {
         let labels = SyncLabels { sync: sync.into() };
         for family in [&self.managed, &self.unhealthy, &self.suspended] {
             family.remove(&labels);
         }
+        for family in [&self.pruned, &self.drift_corrected, &self.fetch_failures] {
+            family.remove(&labels);
+        }
+        for family in [
+            &self.duration,
+            &self.fetch_duration,
+            &self.commit_to_applied,
+        ] {
+            family.remove(&labels);
+        }
         self.last_success.remove(&labels);
+        for result in [
+            RunResult::success,
+            RunResult::failure,
+            RunResult::interrupted,
+        ] {
+            self.runs.remove(&RunLabels {
+                sync: sync.into(),
+                result,
+            });
+        }
+        for op in Operation::ALL {
+            self.operations.remove(&OperationLabels {
+                sync: sync.into(),
+                op,
+            });
+        }
+        for reason in crate::sync::PruneBlocked::CATEGORIES {
+            self.prune_blocked.remove(&BlockedLabels {
+                sync: sync.into(),
+                reason,
+            });
+        }
         if let Some(revision) = self
             .revisions
             .lock()
@@ -389,7 +443,11 @@ mod tests {
         assert!(text.contains(r#"kubesync_source_info{sync="apps/web",revision="def456"} 1"#));
         assert!(!text.contains("abc123"), "{text}");
         metrics.forget("apps/web");
-        assert!(!metrics.encode().contains("def456"));
+        let forgotten = metrics.encode();
+        assert!(
+            !forgotten.contains("apps/web"),
+            "no series of a deleted GitSync is left: {forgotten}"
+        );
     }
 
     #[test]

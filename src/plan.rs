@@ -348,6 +348,36 @@ pub struct PlannedObject {
 #[derive(Clone, Debug)]
 pub struct DeferredObject {
     pub manifest: Manifest,
+    /// Where it will live (from the CRD's scope in the same sync), for the ApplySet footprint.
+    pub namespace: Option<String>,
+}
+
+impl DeferredObject {
+    /// The object as it will be sent once its CRD is served, assuming what the CRD in the same
+    /// sync says about it (for `render`, and for dry runs, which cannot create the CRD).
+    pub fn assumed(&self, ctx: &PlanContext) -> PlannedObject {
+        let m = &self.manifest;
+        let key = ObjectKey {
+            group: m.group().into(),
+            kind: m.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: m.name.clone(),
+        };
+        PlannedObject {
+            stage: stage_of(&key.group, &key.kind),
+            origin: m.origin.clone(),
+            resource: ApiResource {
+                group: key.group.clone(),
+                version: m.api_version.rsplit('/').next().unwrap_or_default().into(),
+                api_version: m.api_version.clone(),
+                kind: m.kind.clone(),
+                plural: String::new(),
+            },
+            namespaced: self.namespace.is_some(),
+            desired: desired_object(m, self.namespace.as_deref(), &ctx.applyset_id),
+            key,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -388,6 +418,18 @@ pub enum PlanError {
         object: String,
         kind: String,
     },
+    #[error(
+        "{origin}: {object}: carries the label {label}, which only the tool that tracks the set may set; remove it from Git"
+    )]
+    ApplySetLabel {
+        origin: Origin,
+        object: String,
+        label: String,
+    },
+    #[error(
+        "{origin}: {object}: is this sync's own ApplySet parent; an object cannot be a member of the set it records (rename the object, or the sync)"
+    )]
+    IsParent { origin: Origin, object: String },
 }
 
 /// Inputs of planning that do not come from Git.
@@ -397,6 +439,8 @@ pub struct PlanContext {
     pub default_namespace: String,
     /// Label value identifying this ApplySet (`applyset.kubernetes.io/part-of`).
     pub applyset_id: String,
+    /// The ApplySet parent, which Git may not hold.
+    pub parent: Option<ObjectKey>,
 }
 
 /// The result of planning: objects to apply now, objects waiting for CRDs, and errors.
@@ -426,6 +470,9 @@ impl Plan {
                 group: d.manifest.group().into(),
                 kind: d.manifest.kind.clone(),
             });
+            if let Some(ns) = &d.namespace {
+                namespaces.insert(ns.clone());
+            }
         }
         (gks, namespaces)
     }
@@ -474,6 +521,14 @@ pub fn plan(manifests: Vec<Manifest>, discovery: &Discovery, ctx: &PlanContext) 
             plan.errors.push(unresolved_error(&manifest, discovery));
             continue;
         }
+        if let Some(label) = applyset_label(&manifest) {
+            plan.errors.push(PlanError::ApplySetLabel {
+                origin: manifest.origin.clone(),
+                object,
+                label,
+            });
+            continue;
+        }
         let namespaced = key_namespaced.unwrap_or(true);
         if !namespaced && let Some(ns) = &manifest.namespace {
             // The API server ignores it too; say so rather than fail the sync.
@@ -494,6 +549,13 @@ pub fn plan(manifests: Vec<Manifest>, discovery: &Discovery, ctx: &PlanContext) 
             namespace: namespace.clone(),
             name: manifest.name.clone(),
         };
+        if ctx.parent.as_ref() == Some(&key) {
+            plan.errors.push(PlanError::IsParent {
+                origin: manifest.origin.clone(),
+                object,
+            });
+            continue;
+        }
         if let Some(first) = seen.get(&key) {
             plan.errors.push(PlanError::Duplicate {
                 object: key.to_string(),
@@ -523,12 +585,24 @@ pub fn plan(manifests: Vec<Manifest>, discovery: &Discovery, ctx: &PlanContext) 
                     desired,
                 });
             }
-            None => plan.deferred.push(DeferredObject { manifest }),
+            None => plan.deferred.push(DeferredObject {
+                manifest,
+                namespace,
+            }),
         }
     }
     plan.objects
         .sort_by(|a, b| (a.stage, &a.key).cmp(&(b.stage, &b.key)));
     plan
+}
+
+/// The first `applyset.kubernetes.io/…` label a manifest sets, if any.
+fn applyset_label(manifest: &Manifest) -> Option<String> {
+    manifest.object["metadata"]["labels"]
+        .as_object()?
+        .keys()
+        .find(|k| k.starts_with("applyset.kubernetes.io/"))
+        .cloned()
 }
 
 fn unresolved_error(manifest: &Manifest, discovery: &Discovery) -> PlanError {
@@ -652,6 +726,12 @@ mod tests {
         PlanContext {
             default_namespace: "team".into(),
             applyset_id: "applyset-abc-v1".into(),
+            parent: Some(ObjectKey {
+                group: String::new(),
+                kind: "Secret".into(),
+                namespace: Some("team".into()),
+                name: "set".into(),
+            }),
         }
     }
 
@@ -755,6 +835,61 @@ mod tests {
                 .get("namespace")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn deferred_custom_resources_widen_the_footprint_with_their_namespace() {
+        let plan = plan(
+            manifests(
+                "crd.yaml",
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.example.io}\nspec:\n  group: example.io\n  scope: Namespaced\n  names: {kind: Gadget, plural: gadgets}\n---\napiVersion: example.io/v1\nkind: Gadget\nmetadata: {name: g, namespace: lonely}\n",
+            ),
+            &discovery(),
+            &ctx(),
+        );
+        assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+        assert_eq!(plan.deferred[0].namespace.as_deref(), Some("lonely"));
+        let (_, namespaces) = plan.footprint();
+        assert!(namespaces.contains("lonely"), "{namespaces:?}");
+    }
+
+    #[test]
+    fn applyset_labels_and_the_parent_itself_are_refused() {
+        let plan = plan(
+            manifests(
+                "bad.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels: {applyset.kubernetes.io/part-of: applyset-other-v1}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: set}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine}\n",
+            ),
+            &discovery_with_secrets(),
+            &ctx(),
+        );
+        let messages: Vec<String> = plan.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].contains("bad.yaml")
+                && messages[0].contains("applyset.kubernetes.io/part-of"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains("Secret/set") && messages[1].contains("own ApplySet parent"),
+            "{}",
+            messages[1]
+        );
+        assert_eq!(plan.objects.len(), 1);
+    }
+
+    fn discovery_with_secrets() -> Discovery {
+        let mut d = discovery();
+        let core: GroupDiscoveryList = serde_json::from_value(json!({
+            "kind": "APIGroupDiscoveryList",
+            "items": [{"metadata": {"name": ""}, "versions": [{"version": "v1", "resources": [
+                {"resource": "secrets", "responseKind": {"kind": "Secret"}, "scope": "Namespaced", "verbs": ["get","list","patch","delete"]}
+            ]}]}]
+        }))
+        .expect("core");
+        d.add(core);
+        d
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum PruneAction {
     Kept(String),
     /// Left alone: not provably ours.
     Skipped(String),
+    /// Already deleted by someone else between the inventory and the delete (404).
+    Gone,
     Failed(String),
 }
 
@@ -101,12 +103,23 @@ fn api_for(client: &Client, live: &LiveObject) -> Api<DynamicObject> {
     }
 }
 
-/// Deletes (or keeps) each candidate. Runs sequentially: prunes are rare and order is reported.
+/// The order to delete in: the reverse of the apply order, so the contents of a Namespace go
+/// before the Namespace, custom resources before their CRD, workloads before their config.
+pub fn prune_order(candidates: &mut [(ObjectKey, LiveObject)]) {
+    candidates.sort_by(|(a, _), (b, _)| {
+        let stage = |k: &ObjectKey| crate::plan::stage_of(&k.group, &k.kind);
+        stage(b).cmp(&stage(a)).then_with(|| a.cmp(b))
+    });
+}
+
+/// Deletes (or keeps) each candidate, in [`prune_order`]. Runs sequentially: prunes are rare and
+/// order is reported.
 pub async fn prune(
     client: &Client,
-    candidates: Vec<(ObjectKey, LiveObject)>,
+    mut candidates: Vec<(ObjectKey, LiveObject)>,
     options: &PruneOptions,
 ) -> Vec<PruneOutcome> {
+    prune_order(&mut candidates);
     let mut outcomes = Vec::new();
     for (key, live) in candidates {
         let api = api_for(client, &live);
@@ -134,7 +147,7 @@ pub async fn prune(
                 });
                 match api.delete(&name, &dp).await {
                     Ok(_) => PruneAction::Pruned,
-                    Err(kube::Error::Api(s)) if s.code == 404 => PruneAction::Pruned,
+                    Err(kube::Error::Api(s)) if s.code == 404 => PruneAction::Gone,
                     Err(kube::Error::Api(s)) if s.code == 409 => PruneAction::Skipped(
                         "replaced by another object with the same name (uid changed)".into(),
                     ),
@@ -199,6 +212,50 @@ mod tests {
             namespace: None,
             name: "x".into(),
         }
+    }
+
+    #[test]
+    fn contents_go_before_their_namespace_and_resources_before_their_crd() {
+        let live = |group: &str, kind: &str, name: &str| {
+            (
+                ObjectKey {
+                    group: group.into(),
+                    kind: kind.into(),
+                    namespace: None,
+                    name: name.into(),
+                },
+                LiveObject {
+                    resource: kube::discovery::ApiResource::erase::<
+                        k8s_openapi::api::core::v1::ConfigMap,
+                    >(&()),
+                    namespaced: false,
+                    object: object(json!({}), "kubesync"),
+                },
+            )
+        };
+        let mut candidates = vec![
+            live("", "Namespace", "team"),
+            live(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                "widgets.example.io",
+            ),
+            live("", "ConfigMap", "settings"),
+            live("example.io", "Widget", "w"),
+            live("apps", "Deployment", "web"),
+        ];
+        prune_order(&mut candidates);
+        let order: Vec<&str> = candidates.iter().map(|(k, _)| k.kind.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "Widget",
+                "Deployment",
+                "ConfigMap",
+                "Namespace",
+                "CustomResourceDefinition"
+            ]
+        );
     }
 
     #[test]

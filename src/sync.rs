@@ -110,6 +110,15 @@ pub enum PruneBlocked {
 }
 
 impl PruneBlocked {
+    /// Every value of [`PruneBlocked::category`].
+    pub const CATEGORIES: [&'static str; 5] = [
+        "disabled",
+        "failure",
+        "incomplete_inventory",
+        "empty_source",
+        "too_many",
+    ];
+
     /// Fixed label value for metrics.
     pub fn category(&self) -> &'static str {
         match self {
@@ -152,6 +161,9 @@ pub struct ObjectReport {
     pub drift_corrected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Where to read the object again (applied objects only), for health checks between syncs.
+    #[serde(skip)]
+    pub target: Option<(ObjectKey, kube::discovery::ApiResource)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -160,6 +172,10 @@ pub enum ObjectResult {
     Created,
     Configured,
     Unchanged,
+    /// Deleted and created again because an immutable field changed (`kubesync.dev/recreate`).
+    Recreated,
+    /// Taken over from another ApplySet (`kubesync.dev/adopt`).
+    Adopted,
     Pruned,
     Kept(String),
     Skipped(String),
@@ -172,6 +188,8 @@ pub struct Summary {
     pub created: usize,
     pub configured: usize,
     pub unchanged: usize,
+    pub recreated: usize,
+    pub adopted: usize,
     pub pruned: usize,
     pub kept: usize,
     pub failed: usize,
@@ -290,6 +308,7 @@ pub async fn render(
     let ctx = PlanContext {
         default_namespace: options.default_namespace.clone(),
         applyset_id: parent.id(),
+        parent: Some(parent.key()),
     };
     let plan = plan::plan(loaded, &discovery, &ctx);
     if !plan.errors.is_empty() {
@@ -297,28 +316,8 @@ pub async fn render(
     }
     let mut objects = plan.objects;
     // Deferred custom resources cannot be resolved without applying their CRDs; render them as
-    // written, with namespace and label as the plan would set them.
-    for d in plan.deferred {
-        objects.push(PlannedObject {
-            key: ObjectKey {
-                group: d.manifest.group().into(),
-                kind: d.manifest.kind.clone(),
-                namespace: d.manifest.namespace.clone(),
-                name: d.manifest.name.clone(),
-            },
-            origin: d.manifest.origin.clone(),
-            resource: kube::discovery::ApiResource {
-                group: d.manifest.group().into(),
-                version: String::new(),
-                api_version: d.manifest.api_version.clone(),
-                kind: d.manifest.kind.clone(),
-                plural: String::new(),
-            },
-            namespaced: d.manifest.namespace.is_some(),
-            stage: Stage::Rest,
-            desired: d.manifest.object.clone(),
-        });
-    }
+    // the plan would send them, with namespace and label.
+    objects.extend(plan.deferred.iter().map(|d| d.assumed(&ctx)));
     Ok(objects)
 }
 
@@ -404,6 +403,7 @@ async fn run_pipeline(
     let ctx = PlanContext {
         default_namespace: options.default_namespace.clone(),
         applyset_id: parent.id(),
+        parent: Some(parent.key()),
     };
     let mut the_plan = plan::plan(loaded, &discovery, &ctx);
     report.warnings.append(&mut the_plan.warnings);
@@ -536,6 +536,19 @@ async fn run_pipeline(
     for stage in stages {
         let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|o| o.stage == stage);
         pending = later;
+        // A dry run cannot send objects whose Namespace it only pretends to create.
+        let (now, assumed): (Vec<_>, Vec<_>) = if options.dry_run {
+            let created = namespaces_created(&outcomes);
+            now.into_iter().partition(|o| {
+                o.key
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| !created.contains(ns))
+            })
+        } else {
+            (now, Vec::new())
+        };
+        outcomes.extend(assumed.iter().map(assumed_created));
         if !now.is_empty() {
             let stage_outcomes =
                 crate::apply::apply_stage(client, &now, &inventory.objects, &apply_options).await;
@@ -544,15 +557,11 @@ async fn run_pipeline(
         // After CRDs: wait until they are Established, rediscover, resolve their custom resources.
         if stage == Stage::Foundations && !deferred.is_empty() {
             if options.dry_run {
+                // Their CRD is only pretended in a dry run: show them as Git has them.
                 for d in deferred.drain(..) {
-                    report.fail(
-                        "plan",
-                        format!(
-                            "{}: {}: its CRD is not installed yet; a dry run cannot create it",
-                            d.manifest.origin,
-                            d.manifest.describe()
-                        ),
-                    );
+                    let o = d.assumed(&ctx);
+                    desired_keys.insert(o.key.clone());
+                    outcomes.push(assumed_created(&o));
                 }
                 continue;
             }
@@ -601,7 +610,13 @@ async fn run_pipeline(
     }
     if options.dry_run {
         for o in &outcomes {
-            if matches!(o.action, ApplyAction::Created | ApplyAction::Configured) {
+            if matches!(
+                o.action,
+                ApplyAction::Created
+                    | ApplyAction::Configured
+                    | ApplyAction::Recreated
+                    | ApplyAction::Adopted
+            ) {
                 report.changes.push(Change {
                     object: o.key.to_string(),
                     before: o.before.as_ref().map(crate::apply::comparable),
@@ -619,10 +634,13 @@ async fn run_pipeline(
                 ApplyAction::Created => ObjectResult::Created,
                 ApplyAction::Configured => ObjectResult::Configured,
                 ApplyAction::Unchanged => ObjectResult::Unchanged,
+                ApplyAction::Recreated => ObjectResult::Recreated,
+                ApplyAction::Adopted => ObjectResult::Adopted,
                 ApplyAction::Failed(r) => ObjectResult::Failed(format!("{}: {r}", o.origin)),
             },
             drift_corrected: o.drift_corrected,
             health,
+            target: Some((o.key.clone(), o.resource.clone())),
         });
     }
     if options.wait.is_some() && !options.dry_run {
@@ -714,6 +732,8 @@ async fn run_pipeline(
                 ObjectResult::Pruned
             }
             PruneAction::Kept(r) => ObjectResult::Kept(r.clone()),
+            // Someone else deleted it first: it is not in the set any more, and not our prune.
+            PruneAction::Gone => ObjectResult::Skipped("already deleted".into()),
             PruneAction::Skipped(r) => {
                 remaining.push(p.key.clone());
                 ObjectResult::Skipped(r.clone())
@@ -733,6 +753,7 @@ async fn run_pipeline(
             result,
             drift_corrected: false,
             health: None,
+            target: None,
         });
     }
     finish_parent(
@@ -845,6 +866,45 @@ async fn wait_for_crds(
     Err(last_error)
 }
 
+/// Dry runs only: the Namespaces this dry run would create.
+fn namespaces_created(outcomes: &[ApplyOutcome]) -> BTreeSet<String> {
+    outcomes
+        .iter()
+        .filter(|o| o.key.group.is_empty() && o.key.kind == "Namespace")
+        .filter(|o| o.action == ApplyAction::Created)
+        .map(|o| o.key.name.clone())
+        .collect()
+}
+
+/// Dry runs only: an object the server cannot check yet (its Namespace or CRD is created by the
+/// same sync), reported as created with Git's content.
+fn assumed_created(o: &PlannedObject) -> ApplyOutcome {
+    ApplyOutcome {
+        key: o.key.clone(),
+        resource: o.resource.clone(),
+        origin: o.origin.clone(),
+        action: ApplyAction::Created,
+        drift_corrected: false,
+        health: None,
+        live: serde_json::from_value(o.desired.clone()).ok(),
+        before: None,
+    }
+}
+
+/// The health of one object as the server holds it now (None when it cannot be read).
+pub async fn read_health(
+    client: &Client,
+    key: &ObjectKey,
+    resource: &kube::discovery::ApiResource,
+) -> Option<Health> {
+    let api: kube::Api<kube::api::DynamicObject> = match &key.namespace {
+        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, resource),
+        None => kube::Api::all_with(client.clone(), resource),
+    };
+    let fresh = api.get(&key.name).await.ok()?;
+    Some(crate::apply::health_of(key, &fresh))
+}
+
 async fn wait_for_health(client: &Client, outcomes: &mut [ApplyOutcome], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -852,12 +912,8 @@ async fn wait_for_health(client: &Client, outcomes: &mut [ApplyOutcome], timeout
         for o in outcomes.iter_mut() {
             if let Some(Health::Progressing(_)) = &o.health {
                 all_healthy = false;
-                let api: kube::Api<kube::api::DynamicObject> = match &o.key.namespace {
-                    Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &o.resource),
-                    None => kube::Api::all_with(client.clone(), &o.resource),
-                };
-                if let Ok(fresh) = api.get(&o.key.name).await {
-                    o.health = Some(crate::apply::health_of(&o.key, &fresh));
+                if let Some(fresh) = read_health(client, &o.key, &o.resource).await {
+                    o.health = Some(fresh);
                 }
             }
         }
@@ -875,6 +931,8 @@ fn summarise(report: &mut SyncReport) {
             ObjectResult::Created => s.created += 1,
             ObjectResult::Configured => s.configured += 1,
             ObjectResult::Unchanged => s.unchanged += 1,
+            ObjectResult::Recreated => s.recreated += 1,
+            ObjectResult::Adopted => s.adopted += 1,
             ObjectResult::Pruned => s.pruned += 1,
             ObjectResult::Kept(_) => s.kept += 1,
             ObjectResult::Skipped(_) => {}
@@ -887,7 +945,7 @@ fn summarise(report: &mut SyncReport) {
             s.unhealthy += 1;
         }
     }
-    s.managed = s.created + s.configured + s.unchanged;
+    s.managed = s.created + s.configured + s.unchanged + s.recreated + s.adopted;
     report.summary = s;
 }
 

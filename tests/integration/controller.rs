@@ -856,3 +856,83 @@ async fn a_gitsync_cannot_do_more_than_its_service_account() {
             .contains("sa-test-Pw9-never-shown")
     );
 }
+
+/// Between syncs the controller reads again the health of what the last sync left unhealthy (a
+/// rollout still going), so status and gauge tell the truth long before the next interval; and a
+/// deleted GitSync's metric series are forgotten.
+#[tokio::test]
+async fn health_is_read_again_between_syncs_and_a_deleted_gitsync_is_forgotten() {
+    let ns = TestNamespace::new("ctl-health").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    // Pods become Ready 8 s after they start (the testbed's kwok stages): a rollout in progress.
+    repo.write(
+        "app/web.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {testbed.kubesync.dev/ready-after: 8s}
+    spec:
+      containers: [{name: web, image: nginx:1.27}]
+",
+    );
+    let first = repo.commit_and_push("first");
+    let daemon = GitDaemon::start(repo.root.path());
+    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let api = create_gitsync(
+        &ns,
+        "app",
+        json!({"url": url, "path": "app", "interval": "1h"}),
+    )
+    .await;
+    wait_for_revision(&api, "app", &first, Duration::from_secs(60)).await;
+    let unhealthy = || async {
+        api.get("app")
+            .await
+            .ok()?
+            .status?
+            .summary
+            .map(|s| s.unhealthy)
+    };
+    assert_eq!(
+        unhealthy().await,
+        Some(1),
+        "the sync left the rollout in progress"
+    );
+    let series = format!("kubesync_unhealthy_objects{{sync=\"{}/app\"}}", ns.name);
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(40),
+        "the unhealthy count to drop without a sync",
+        || async { (unhealthy().await == Some(0)).then_some(()) },
+    )
+    .await;
+    eprintln!("rollout healthy in status after {:?}", started.elapsed());
+    assert_eq!(controller.metric(&series), 0.0);
+    let runs = format!(
+        "kubesync_sync_runs_total{{sync=\"{}/app\",result=\"success\"}}",
+        ns.name
+    );
+    assert_eq!(controller.metric(&runs), 1.0, "no second sync did it");
+
+    api.delete("app", &Default::default())
+        .await
+        .expect("delete the GitSync");
+    let label = format!("sync=\"{}/app\"", ns.name);
+    eventually(
+        Duration::from_secs(30),
+        "the deleted GitSync's series to go",
+        || async {
+            let (_, body) = controller.get("/metrics");
+            (!body.contains(&label)).then_some(())
+        },
+    )
+    .await;
+}
