@@ -280,11 +280,12 @@ pub async fn run(
 const FORGET_PERIOD: Duration = Duration::from_secs(5);
 
 /// Drops, every few seconds, what this process keeps for GitSyncs that no longer exist (the
-/// reconciler never hears of a deletion): per-GitSync maps and metric series.
+/// reconciler never hears of a deletion): per-GitSync maps and metric series. Reads only the
+/// controller's own cache of GitSyncs: no request.
 async fn forget_deleted(ctx: Arc<Context>, store: kube::runtime::reflector::Store<GitSync>) {
-    if store.wait_until_ready().await.is_err() {
-        return;
-    }
+    // No wait for the cache's first list: this process knows a GitSync only after reconciling it,
+    // which the cache delivered, and a relist swaps the cache's content at once (never empty
+    // in between).
     loop {
         tokio::time::sleep(FORGET_PERIOD).await;
         for key in ctx.known_keys() {

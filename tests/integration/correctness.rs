@@ -176,9 +176,10 @@ async fn fields_git_does_not_set_are_kept_and_fields_it_sets_are_corrected() {
     assert!(first.succeeded(), "{:?}", first.errors);
 
     // kubectl edit, non-interactively: the editor is a sed script.
-    let editor = tempfile::NamedTempFile::new().expect("editor");
+    let editor_dir = tempfile::tempdir().expect("tempdir");
+    let editor = editor_dir.path().join("editor");
     std::fs::write(
-        editor.path(),
+        &editor,
         "#!/bin/sh\nsed -i \
          -e 's/^  progressDeadlineSeconds: 600$/  minReadySeconds: 7\\n  progressDeadlineSeconds: 600/' \
          -e 's/^  replicas: 2$/  replicas: 5/' \
@@ -199,7 +200,7 @@ metadata:
   name: web
   annotations: {{ssa-by: kubectl}}
 YAML",
-        editor = editor.path().display(),
+        editor = editor.display(),
         ns = ns.name
     ));
     let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
