@@ -55,6 +55,10 @@ pub struct SourceArgs {
     /// Name of this sync; the ApplySet parent is a Secret of this name in --namespace.
     #[arg(long, env = "KUBESYNC_NAME")]
     pub name: String,
+    /// --name names a GitSync in --namespace, and its ApplySet is used (the GitSync is the
+    /// parent): `diff` then shows what that GitSync's controller would do.
+    #[arg(long, env = "KUBESYNC_GITSYNC")]
+    pub gitsync: bool,
     /// Namespace for objects that set none, and of the ApplySet parent. Default: the kubeconfig's.
     #[arg(long, short = 'n', env = "KUBESYNC_NAMESPACE")]
     pub namespace: Option<String>,
@@ -390,6 +394,9 @@ async fn prepare(source: &SourceArgs, apply: &ApplyArgs) -> anyhow::Result<Prepa
         timeout: source.fetch_timeout,
     };
     let mut options = SyncOptions::new(&source.name, &namespace);
+    if source.gitsync {
+        options.parent = Some(crate::applyset::Parent::git_sync(&source.name, &namespace));
+    }
     if !source.paths.is_empty() {
         options.paths = source.paths.clone();
     }

@@ -12,23 +12,10 @@ use serde_json::{Value, json};
 use crate::controller::{ControllerProcess, create_gitsync, install_crd};
 use crate::engine::configmap;
 use crate::git::{GitDaemon, GitRepo};
-use crate::support::{TestNamespace, eventually, repo_root};
+use crate::support::{TestNamespace, eventually, repo_root, run};
 
 fn chart() -> PathBuf {
     repo_root().join("charts/kubesync")
-}
-
-fn run(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .expect("command runs (is the testbed's PATH set?)");
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn helm_template(release: &str, namespace: &str, sets: &[&str]) -> Vec<Value> {
@@ -437,7 +424,9 @@ async fn the_charts_rbac_is_enough_and_namespace_scope_is_enforced() {
             .is_none(),
         "nothing changed"
     );
-    // Inside its namespace the same release works.
+    // Inside its namespace the same release works. The GitSync "app" above (its controller is
+    // gone) still owns the ConfigMap; an object has one owner, so it goes first.
+    run(Command::new("kubectl").args(["delete", "configmap", "from-chart", "-n", &ns.name]));
     let inside = create_gitsync(&ns, "inside", json!({"url": url, "interval": "1h"})).await;
     eventually(
         Duration::from_secs(40),

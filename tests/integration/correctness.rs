@@ -15,7 +15,7 @@ use kubesync::sync::ObjectResult;
 use serde_json::json;
 
 use crate::engine::{ManifestDir, configmap, result_of, sync_dir};
-use crate::support::{TestNamespace, eventually, unique_name};
+use crate::support::{TestNamespace, eventually, output_text, sh, unique_name};
 
 const PART_OF: &str = "applyset.kubernetes.io/part-of";
 
@@ -27,28 +27,6 @@ fn kubesync(args: &[&str], repo: &Path) -> Output {
         .args(&args[1..])
         .output()
         .expect("run kubesync")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn sh(script: &str) -> String {
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{script}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn cm_key(ns: &TestNamespace, name: &str) -> String {
@@ -450,7 +428,7 @@ async fn only_kubesync_parents_are_used_and_git_cannot_hold_the_parent() {
         repo.path(),
     );
     assert!(!out.status.success());
-    let message = text(&out);
+    let message = output_text(&out);
     assert!(
         message.contains(&format!("Secret {}/userdata", ns.name))
             && message.contains("choose another --name"),
@@ -486,7 +464,11 @@ async fn only_kubesync_parents_are_used_and_git_cannot_hold_the_parent() {
         repo.path(),
     );
     assert!(!out.status.success());
-    assert!(text(&out).contains("own ApplySet parent"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("own ApplySet parent"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 /// Finding 6: a StatefulSet whose partition holds back the old revision on purpose and a paused
@@ -541,7 +523,7 @@ spec:
         "60s",
     ];
     let first = kubesync(&args, repo.path());
-    assert!(first.status.success(), "{}", text(&first));
+    assert!(first.status.success(), "{}", output_text(&first));
     // The new image reaches ordinals 1 and 2 only; the paused Deployment does not roll.
     repo.write("sts.yaml", &sts("redis:7.4"))
         .write("held.yaml", &paused("nginx:1.28"));
@@ -549,7 +531,7 @@ spec:
     assert!(
         second.status.success(),
         "a finished partitioned rollout and a paused Deployment pass --wait: {}",
-        text(&second)
+        output_text(&second)
     );
 
     // A custom resource reports Ready=False, then Stalled: --wait says so and names it.
@@ -572,7 +554,7 @@ spec:
     assert!(
         healthy.status.success(),
         "no conditions: healthy: {}",
-        text(&healthy)
+        output_text(&healthy)
     );
     let gadgets = gadget_api(&ns.client, &group, &ns.name);
     let set_conditions = |conditions: serde_json::Value| {
@@ -590,11 +572,11 @@ spec:
     };
     set_conditions(json!([{"type": "Ready", "status": "False", "reason": "Warming"}])).await;
     let waiting = kubesync(&cr_args, crd_repo.path());
-    assert!(!waiting.status.success(), "{}", text(&waiting));
+    assert!(!waiting.status.success(), "{}", output_text(&waiting));
     assert!(
-        text(&waiting).contains("gadget") && text(&waiting).contains("Warming"),
+        output_text(&waiting).contains("gadget") && output_text(&waiting).contains("Warming"),
         "{}",
-        text(&waiting)
+        output_text(&waiting)
     );
     set_conditions(json!([{"type": "Stalled", "status": "True", "message": "size too big"}])).await;
     let started = std::time::Instant::now();
@@ -613,9 +595,9 @@ spec:
     );
     assert!(!stalled.status.success());
     assert!(
-        text(&stalled).contains("size too big"),
+        output_text(&stalled).contains("size too big"),
         "{}",
-        text(&stalled)
+        output_text(&stalled)
     );
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -646,7 +628,7 @@ async fn diff_previews_objects_in_new_namespaces_and_of_new_crds() {
         &["diff", "--name", "p", "--namespace", &ns.name],
         repo.path(),
     );
-    let shown = text(&out);
+    let shown = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "differences, no error: {shown}");
     for expected in [
         format!("namespace/{fresh}"),

@@ -21,13 +21,19 @@ fn fixture(name: &str, namespace: &str) -> String {
         .replace("%s", namespace)
 }
 
+/// The fixture's Secret is named like the namespace, which is also the default name of the sync's
+/// own ApplySet parent Secret: the set gets another name, as Git may not hold the parent.
+fn own_set(options: &mut kubesync::sync::SyncOptions) {
+    options.name = "flux-set".into();
+}
+
 #[tokio::test]
 async fn immutable_secret_change_is_refused_then_recreated_on_request() {
     let ns = TestNamespace::new("flux-immutable").await;
     let repo = ManifestDir::new();
     let original = fixture("test1.yaml", &ns.name);
     repo.write("test1.yaml", &original);
-    let first = sync_dir(&ns, repo.path(), |_| {}).await;
+    let first = sync_dir(&ns, repo.path(), own_set).await;
     assert!(first.succeeded(), "{:?}", first.errors);
     let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
     let uid = secrets.get(&ns.name).await.expect("secret").uid();
@@ -37,7 +43,7 @@ async fn immutable_secret_change_is_refused_then_recreated_on_request() {
         "test1.yaml",
         &original.replace("key: \"private-key\"", "key: \"rotated-key\""),
     );
-    let refused = sync_dir(&ns, repo.path(), |_| {}).await;
+    let refused = sync_dir(&ns, repo.path(), own_set).await;
     assert!(!refused.succeeded());
     let secret_line = format!("secret/{0} -n {0}", ns.name);
     match result_of(&refused, &secret_line) {
@@ -69,7 +75,7 @@ async fn immutable_secret_change_is_refused_then_recreated_on_request() {
         );
     assert_ne!(annotated, original);
     repo.write("test1.yaml", &annotated);
-    let recreated = sync_dir(&ns, repo.path(), |_| {}).await;
+    let recreated = sync_dir(&ns, repo.path(), own_set).await;
     assert!(recreated.succeeded(), "{:?}", recreated.errors);
     let secret = secrets.get(&ns.name).await.expect("secret");
     assert_ne!(secret.uid(), uid, "the Secret was re-created");
@@ -78,7 +84,11 @@ async fn immutable_secret_change_is_refused_then_recreated_on_request() {
 
     // Clean up the cluster-scoped objects of test1 (ClusterRole, binding, StorageClass).
     let empty = ManifestDir::new();
-    let cleanup = sync_dir(&ns, empty.path(), |o| o.allow_empty = true).await;
+    let cleanup = sync_dir(&ns, empty.path(), |o| {
+        own_set(o);
+        o.allow_empty = true;
+    })
+    .await;
     assert!(cleanup.succeeded(), "{:?}", cleanup.errors);
     assert!(
         result_of(

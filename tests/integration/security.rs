@@ -134,7 +134,10 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
     )
     .await;
     create_gitsync(&ns, "wrong", json!({"url": https_url, "interval": "1h", "secretRef": {"name": "https-wrong"}, "targetNamespace": ns.name, "path": "app.yaml"})).await;
-    create_gitsync(&ns, "right", json!({"url": https_url, "interval": "1h", "secretRef": {"name": "https-right"}, "path": "app.yaml"})).await;
+    // Into a namespace of its own: "plain" already holds app.yaml's ConfigMap here, and an object
+    // has one owner.
+    let elsewhere = TestNamespace::new("sec-right").await;
+    create_gitsync(&ns, "right", json!({"url": https_url, "interval": "1h", "secretRef": {"name": "https-right"}, "path": "app.yaml", "targetNamespace": elsewhere.name})).await;
     let ready = |name: &'static str, want: &'static str| {
         let api = plain.clone();
         async move {
@@ -288,8 +291,9 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
             "diff",
             "--repo",
             &dir_arg,
+            "--gitsync",
             "--name",
-            "plain-view",
+            "plain",
             "-n",
             &ns.name,
             "--cache-dir",
@@ -328,6 +332,8 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
             &[("SSL_CERT_FILE", &ca)],
         ),
     ));
+    // A namespace of its own: the GitSyncs above hold app.yaml's ConfigMap where they sync.
+    let cli_ns = TestNamespace::new("sec-cli").await;
     outputs.push((
         "cli right password",
         cli(
@@ -338,7 +344,7 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
                 "--name",
                 "h",
                 "-n",
-                &ns.name,
+                &cli_ns.name,
                 "--cache-dir",
                 &cache_arg,
                 "--username",

@@ -128,3 +128,37 @@ pub fn wait_for_listener(child: &mut std::process::Child, port: u16, what: &str)
     let _ = child.wait();
     panic!("{what} did not listen on 127.0.0.1:{port}");
 }
+
+/// Runs a bash script (`-euo pipefail`) in the repository root; fails the test with the script,
+/// its output and its errors unless it succeeds. Returns its standard output, trimmed.
+pub fn sh(script: &str) -> String {
+    run(std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(repo_root()))
+    .trim()
+    .to_string()
+}
+
+/// Runs a command; fails the test with the command, its output and its errors unless it
+/// succeeds. Returns its standard output.
+pub fn run(command: &mut std::process::Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not start (is the testbed's PATH set?): {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard output and standard error of a finished command, as one text for assertions.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

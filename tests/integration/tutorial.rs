@@ -13,22 +13,7 @@ use serde_json::Value;
 use crate::controller::{ControllerProcess, http};
 use crate::git::GitRepo;
 use crate::ssh::start_sshd;
-use crate::support::{TestNamespace, eventually, repo_root};
-
-fn sh(script: &str) -> String {
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
-        .current_dir(repo_root())
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{script}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::support::{TestNamespace, eventually, repo_root, sh};
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
 use crate::engine::{ManifestDir, configmap};
-use crate::support::TestNamespace;
+use crate::support::{TestNamespace, output_text};
 
 fn sync_and_wait(repo: &Path, ns: &str, timeout: &str) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_kubesync"))
@@ -78,11 +78,7 @@ async fn a_rollout_that_never_becomes_ready_fails_the_wait_and_prunes_nothing() 
     );
     repo.remove("old.yaml");
     let broken = sync_and_wait(repo.path(), &ns.name, "8s");
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&broken.stdout),
-        String::from_utf8_lossy(&broken.stderr)
-    );
+    let output = output_text(&broken);
     assert!(!broken.status.success(), "the wait fails: {output}");
     assert!(
         output.contains(&format!("deployment.apps/web -n {}", ns.name))
@@ -116,11 +112,7 @@ async fn a_failed_job_fails_the_wait_at_once_and_prunes_nothing() {
     repo.remove("old.yaml");
     let started = std::time::Instant::now();
     let broken = sync_and_wait(repo.path(), &ns.name, "90s");
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&broken.stdout),
-        String::from_utf8_lossy(&broken.stderr)
-    );
+    let output = output_text(&broken);
     assert!(!broken.status.success(), "the wait fails: {output}");
     assert!(
         output.contains(&format!("job.batch/migrate -n {}", ns.name))
