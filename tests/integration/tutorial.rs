@@ -207,8 +207,41 @@ async fn the_homelab_tutorial_works_after_installing_k3s() {
             .as_array()
             .is_some_and(|h| h.len() >= 2)
     );
-    sh(&format!(
-        "kubectl delete pv -l kubesync.dev/test=true --field-selector spec.claimRef.namespace={} --wait=false >/dev/null 2>&1 || true",
-        home.name
-    ));
+
+    // 10. Preview a change from the checkout, against the GitSync's own set.
+    let diff = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubesync"))
+            .args([
+                "diff",
+                "--repo",
+                ".",
+                "--path",
+                "examples/homelab",
+                "--gitsync",
+            ])
+            .args(["--name", "homelab", "-n", &home.name])
+            .current_dir(repo.work())
+            .output()
+            .expect("kubesync diff")
+    };
+    let clean = diff();
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "in sync: {}",
+        crate::support::output_text(&clean)
+    );
+    repo.write(
+        "examples/homelab/nginx/configmap.yaml",
+        &std::fs::read_to_string(repo.work().join("examples/homelab/nginx/configmap.yaml"))
+            .expect("nginx configmap")
+            .replace("client_max_body_size", "client_max_body_size 20m; #"),
+    );
+    let changed = diff();
+    assert_eq!(
+        changed.status.code(),
+        Some(1),
+        "an edit shows: {}",
+        crate::support::output_text(&changed)
+    );
 }
