@@ -56,6 +56,19 @@ pub enum ApplyAction {
     Failed(String),
 }
 
+impl ApplyAction {
+    /// The object was (or, in a dry run, would be) written.
+    pub fn changes(&self) -> bool {
+        matches!(
+            self,
+            ApplyAction::Created
+                | ApplyAction::Configured
+                | ApplyAction::Recreated
+                | ApplyAction::Adopted
+        )
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ApplyOutcome {
     pub key: ObjectKey,

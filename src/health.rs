@@ -22,6 +22,17 @@ impl Health {
     }
 }
 
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Healthy => write!(f, "healthy"),
+            Health::Progressing(r) => write!(f, "progressing: {r}"),
+            Health::Suspended(r) => write!(f, "suspended: {r}"),
+            Health::Failed(r) => write!(f, "failed: {r}"),
+        }
+    }
+}
+
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }

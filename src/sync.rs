@@ -361,179 +361,272 @@ pub async fn sync_checkout_with(
     report
 }
 
+/// A step that failed: the failure is already in the report, and nothing may be pruned.
+struct Stop;
+
+/// Records a failure that ends the sync before prune.
+fn stop(report: &mut SyncReport, category: &'static str, message: String) -> Stop {
+    report.fail(category, message);
+    Stop
+}
+
+/// The sync, step by step. Each step records what it did in the report; a step that fails ends
+/// the sync there, and then nothing is pruned.
 async fn run_pipeline(
     clients: &Clients,
     checkout: &Checkout,
     options: &SyncOptions,
     report: &mut SyncReport,
 ) {
+    if run_steps(clients, checkout, options, report).await.is_err() {
+        report.prune_blocked = Some(PruneBlocked::Failure);
+    }
+}
+
+async fn run_steps(
+    clients: &Clients,
+    checkout: &Checkout,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<(), Stop> {
+    let clock = Instant::now();
     let client = &clients.apply;
-    if stopped(options, report) {
-        return;
-    }
-    // Manifests: any error fails the sync before anything is applied.
-    let stage_clock = Instant::now();
-    let loaded = match manifests::load(&checkout.dir, &options.paths) {
-        Ok(m) => m,
-        Err(errors) => {
-            for e in errors.0 {
-                report.fail("manifests", e.to_string());
-            }
-            report.prune_blocked = Some(PruneBlocked::Failure);
-            return;
-        }
-    };
-    if stopped(options, report) {
-        return;
-    }
-    tracing::debug!(
-        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
-        "manifests loaded"
-    );
-    // Plan.
-    let discovery = match Discovery::run(client).await {
-        Ok(d) => d,
-        Err(e) => {
-            report.fail("discovery", e.to_string());
-            report.prune_blocked = Some(PruneBlocked::Failure);
-            return;
-        }
-    };
+    check_stop(options, report)?;
+    let loaded = load(checkout, options, report)?;
+    check_stop(options, report)?;
+    debug_elapsed(clock, "manifests loaded");
+    let discovery = Discovery::run(client)
+        .await
+        .map_err(|e| stop(report, "discovery", e.to_string()))?;
     let parent = options.parent();
     let ctx = PlanContext {
         default_namespace: options.default_namespace.clone(),
         applyset_id: parent.id(),
         parent: Some(parent.key()),
     };
-    let mut the_plan = plan::plan(loaded, &discovery, &ctx);
+    let mut the_plan = make_plan(loaded, &discovery, &ctx, report)?;
+    check_stop(options, report)?;
+    debug_elapsed(clock, "planned");
+    let set = open_set(clients, options, &parent, &discovery, &mut the_plan, report).await?;
+    debug_elapsed(clock, "inventory listed");
+    let mut applied = apply_stages(client, options, &ctx, the_plan, &set, report).await;
+    debug_elapsed(clock, "applied");
+    if let Some(timeout) = options
+        .wait
+        .filter(|_| !options.dry_run && report.failure.is_none())
+    {
+        wait_for_health(client, &mut applied.outcomes, timeout).await;
+    }
+    report_applied(options, &applied.outcomes, report);
+    debug_elapsed(clock, "reported");
+    if options.prune {
+        prune_and_close(clients, options, &set, &applied.desired_keys, report).await?;
+    }
+    Ok(())
+}
+
+fn debug_elapsed(clock: Instant, what: &str) {
+    tracing::debug!(elapsed_ms = clock.elapsed().as_millis() as u64, "{what}");
+}
+
+/// Ends the sync before apply when a stop was requested; once apply has begun the sync runs
+/// through prune, so a stop never leaves a half-pruned set.
+fn check_stop(options: &SyncOptions, report: &mut SyncReport) -> Result<(), Stop> {
+    if options.stopping() {
+        return Err(stop(
+            report,
+            "stopped",
+            "stopped before apply (shutting down)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Manifests: any error fails the sync before anything is applied.
+fn load(
+    checkout: &Checkout,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<Vec<manifests::Manifest>, Stop> {
+    manifests::load(&checkout.dir, &options.paths).map_err(|errors| {
+        for e in errors.0 {
+            report.fail("manifests", e.to_string());
+        }
+        Stop
+    })
+}
+
+fn make_plan(
+    loaded: Vec<manifests::Manifest>,
+    discovery: &Discovery,
+    ctx: &PlanContext,
+    report: &mut SyncReport,
+) -> Result<plan::Plan, Stop> {
+    let mut the_plan = plan::plan(loaded, discovery, ctx);
     report.warnings.append(&mut the_plan.warnings);
-    if !the_plan.errors.is_empty() {
-        for e in &the_plan.errors {
-            report.fail("plan", e.to_string());
-        }
-        report.prune_blocked = Some(PruneBlocked::Failure);
-        return;
+    if the_plan.errors.is_empty() {
+        return Ok(the_plan);
     }
-    // ApplySet parent: widen to old ∪ new before applying anything.
-    if stopped(options, report) {
-        return;
+    for e in &the_plan.errors {
+        report.fail("plan", e.to_string());
     }
-    tracing::debug!(
-        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
-        "planned"
-    );
-    let parent_state = match applyset::read_parent(&clients.parent, &parent).await {
-        Ok(s) => s,
-        Err(e) => {
-            report.fail("applyset", e.to_string());
-            report.prune_blocked = Some(PruneBlocked::Failure);
-            return;
-        }
-    };
-    let (gks, namespaces) = the_plan.footprint();
-    let desired_footprint = Footprint {
-        group_kinds: gks,
+    Err(Stop)
+}
+
+/// The ApplySet for the length of one sync: its parent, what this sync wants it to hold, and
+/// what it holds now.
+struct OpenSet {
+    parent: Parent,
+    desired: Footprint,
+    inventory: Inventory,
+    /// Objects applied while opening the set (the parent's own Namespace, when Git creates it).
+    first: Vec<ApplyOutcome>,
+}
+
+/// Opens the set: reads and checks the parent, creates its Namespace when Git holds it, widens
+/// the parent to everything the plan can touch (deferred custom resources included) before the
+/// first write, and lists what the set holds.
+async fn open_set(
+    clients: &Clients,
+    options: &SyncOptions,
+    parent: &Parent,
+    discovery: &Discovery,
+    the_plan: &mut plan::Plan,
+    report: &mut SyncReport,
+) -> Result<OpenSet, Stop> {
+    let client = &clients.apply;
+    let state = applyset::read_parent(&clients.parent, parent)
+        .await
+        .map_err(|e| stop(report, "applyset", e.to_string()))?;
+    let (group_kinds, namespaces) = the_plan.footprint();
+    let desired = Footprint {
+        group_kinds,
         namespaces,
     };
-    let widened = parent_state.footprint.union(&desired_footprint);
-    // The parent lives in the default namespace; when Git creates that namespace, create it first.
-    let mut outcomes: Vec<ApplyOutcome> = Vec::new();
-    if !parent_state.exists && !parent.is_secret() {
-        report.fail(
+    let widened = state.footprint.union(&desired);
+    if !state.exists && !parent.is_secret() {
+        return Err(stop(
+            report,
             "applyset",
             format!(
                 "ApplySet parent {} {}/{} does not exist",
                 parent.resource.kind, parent.namespace, parent.name
             ),
-        );
-        report.prune_blocked = Some(PruneBlocked::Failure);
-        return;
+        ));
     }
-    if !parent_state.exists && !options.dry_run {
-        let own_namespace = the_plan.objects.iter().position(|o| {
-            o.key.group.is_empty() && o.key.kind == "Namespace" && o.key.name == parent.namespace
-        });
-        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-            kube::Api::all(client.clone());
-        let exists = matches!(namespaces.get_opt(&parent.namespace).await, Ok(Some(_)));
-        match own_namespace {
-            Some(i) if !exists => {
-                let ns_object = the_plan.objects.remove(i);
-                let apply_options = ApplyOptions {
-                    field_manager: options.field_manager.clone(),
-                    force_conflicts: options.force_conflicts,
-                    dry_run: false,
-                    concurrency: 1,
-                    timeout: options.request_timeout,
-                };
-                let first = crate::apply::apply_stage(
-                    client,
-                    std::slice::from_ref(&ns_object),
-                    &Default::default(),
-                    &apply_options,
-                )
-                .await;
-                outcomes.extend(first);
-            }
-            None if !exists => {
-                report.fail(
-                    "applyset",
-                    format!("namespace {} does not exist: create it, or add a Namespace object for it to Git", parent.namespace),
-                );
-                report.prune_blocked = Some(PruneBlocked::Failure);
-                return;
-            }
-            _ => {}
-        }
+    let mut first = Vec::new();
+    if !state.exists && !options.dry_run {
+        first = create_parent_namespace(client, options, parent, the_plan, report).await?;
     }
-    let parent_outdated = !parent_state.exists || widened != parent_state.footprint;
-    if !options.dry_run
-        && parent_outdated
-        && let Err(e) =
-            applyset::write_parent(&clients.parent, &parent, &widened, &options.field_manager).await
-    {
-        report.fail("applyset", e.to_string());
-        report.prune_blocked = Some(PruneBlocked::Failure);
-        return;
+    let outdated = !state.exists || widened != state.footprint;
+    if !options.dry_run && outdated {
+        applyset::write_parent(&clients.parent, parent, &widened, &options.field_manager)
+            .await
+            .map_err(|e| stop(report, "applyset", e.to_string()))?;
     }
-    // Live inventory: what the set holds now (also used to skip unchanged objects).
     let inventory = applyset::list_inventory(
         client,
-        &discovery,
+        discovery,
         &parent.id(),
         &widened,
         &parent.namespace,
         options.concurrency,
     )
     .await;
+    Ok(OpenSet {
+        parent: parent.clone(),
+        desired,
+        inventory,
+        first,
+    })
+}
 
-    tracing::debug!(
-        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
-        "inventory listed"
-    );
-    // Apply, stage by stage.
+/// The parent lives in the default namespace; when Git creates that namespace, it is applied
+/// before the parent is written.
+async fn create_parent_namespace(
+    client: &Client,
+    options: &SyncOptions,
+    parent: &Parent,
+    the_plan: &mut plan::Plan,
+    report: &mut SyncReport,
+) -> Result<Vec<ApplyOutcome>, Stop> {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    if matches!(namespaces.get_opt(&parent.namespace).await, Ok(Some(_))) {
+        return Ok(Vec::new());
+    }
+    let in_git = the_plan.objects.iter().position(|o| {
+        o.key.group.is_empty() && o.key.kind == "Namespace" && o.key.name == parent.namespace
+    });
+    let Some(i) = in_git else {
+        return Err(stop(
+            report,
+            "applyset",
+            format!(
+                "namespace {} does not exist: create it, or add a Namespace object for it to Git",
+                parent.namespace
+            ),
+        ));
+    };
+    let namespace = the_plan.objects.remove(i);
     let apply_options = ApplyOptions {
+        concurrency: 1,
+        dry_run: false,
+        ..apply_options(options)
+    };
+    Ok(crate::apply::apply_stage(
+        client,
+        std::slice::from_ref(&namespace),
+        &Default::default(),
+        &apply_options,
+    )
+    .await)
+}
+
+fn apply_options(options: &SyncOptions) -> ApplyOptions {
+    ApplyOptions {
         field_manager: options.field_manager.clone(),
         force_conflicts: options.force_conflicts,
         dry_run: options.dry_run,
         concurrency: options.concurrency,
         timeout: options.request_timeout,
-    };
+    }
+}
+
+/// What the apply stages did, and every object this sync wants in the set.
+struct Applied {
+    outcomes: Vec<ApplyOutcome>,
+    desired_keys: BTreeSet<ObjectKey>,
+}
+
+const APPLY_ORDER: [Stage; 7] = [
+    Stage::Foundations,
+    Stage::ClusterConfig,
+    Stage::Config,
+    Stage::Services,
+    Stage::Workloads,
+    Stage::Rest,
+    Stage::Webhooks,
+];
+
+/// Applies the plan stage by stage; after the CRDs, their custom resources are resolved. A failed
+/// object does not stop the others; it is recorded as a failure of the sync.
+async fn apply_stages(
+    client: &Client,
+    options: &SyncOptions,
+    ctx: &PlanContext,
+    mut the_plan: plan::Plan,
+    set: &OpenSet,
+    report: &mut SyncReport,
+) -> Applied {
+    let apply_options = apply_options(options);
+    let mut outcomes = set.first.clone();
     let mut desired_keys: BTreeSet<ObjectKey> =
         the_plan.objects.iter().map(|o| o.key.clone()).collect();
     desired_keys.extend(outcomes.iter().map(|o| o.key.clone()));
     let mut pending = std::mem::take(&mut the_plan.objects);
     let mut deferred = std::mem::take(&mut the_plan.deferred);
-    let stages = [
-        Stage::Foundations,
-        Stage::ClusterConfig,
-        Stage::Config,
-        Stage::Services,
-        Stage::Workloads,
-        Stage::Rest,
-        Stage::Webhooks,
-    ];
-    for stage in stages {
+    for stage in APPLY_ORDER {
         let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|o| o.stage == stage);
         pending = later;
         // A dry run cannot send objects whose Namespace it only pretends to create.
@@ -551,72 +644,59 @@ async fn run_pipeline(
         outcomes.extend(assumed.iter().map(assumed_created));
         if !now.is_empty() {
             let stage_outcomes =
-                crate::apply::apply_stage(client, &now, &inventory.objects, &apply_options).await;
+                crate::apply::apply_stage(client, &now, &set.inventory.objects, &apply_options)
+                    .await;
             outcomes.extend(stage_outcomes);
         }
-        // After CRDs: wait until they are Established, rediscover, resolve their custom resources.
-        if stage == Stage::Foundations && !deferred.is_empty() {
-            if options.dry_run {
-                // Their CRD is only pretended in a dry run: show them as Git has them.
-                for d in deferred.drain(..) {
-                    let o = d.assumed(&ctx);
-                    desired_keys.insert(o.key.clone());
-                    outcomes.push(assumed_created(&o));
-                }
-                continue;
+        if stage != Stage::Foundations || deferred.is_empty() {
+            continue;
+        }
+        if options.dry_run {
+            // Their CRD is only pretended in a dry run: show them as Git has them.
+            for d in deferred.drain(..) {
+                let o = d.assumed(ctx);
+                desired_keys.insert(o.key.clone());
+                outcomes.push(assumed_created(&o));
             }
-            match wait_for_crds(client, &now, options.request_timeout).await {
-                Ok(discovery) => {
-                    let resolved =
-                        plan::resolve_deferred(std::mem::take(&mut deferred), &discovery, &ctx);
-                    report.warnings.extend(resolved.warnings.iter().cloned());
-                    for e in &resolved.errors {
-                        report.fail("plan", e.to_string());
-                    }
-                    desired_keys.extend(resolved.objects.iter().map(|o| o.key.clone()));
-                    pending.extend(resolved.objects);
+            continue;
+        }
+        // Wait until the CRDs are Established, rediscover, resolve their custom resources.
+        match wait_for_crds(client, &now, options.request_timeout).await {
+            Ok(discovery) => {
+                let resolved =
+                    plan::resolve_deferred(std::mem::take(&mut deferred), &discovery, ctx);
+                report.warnings.extend(resolved.warnings.iter().cloned());
+                for e in &resolved.errors {
+                    report.fail("plan", e.to_string());
                 }
-                Err(message) => report.fail("apply", message),
+                desired_keys.extend(resolved.objects.iter().map(|o| o.key.clone()));
+                pending.extend(resolved.objects);
             }
+            Err(message) => report.fail("apply", message),
         }
     }
-    let failed_apply = outcomes
-        .iter()
-        .any(|o| matches!(o.action, ApplyAction::Failed(_)));
-    if failed_apply {
-        let first = outcomes.iter().find_map(|o| match &o.action {
-            ApplyAction::Failed(r) => Some(format!("{}: {}: {}", o.origin, o.key, r)),
-            _ => None,
-        });
-        if report.failure.is_none() {
-            report.failure = Some("apply");
-        }
-        if let Some(first) = first {
-            report
-                .errors
-                .push(format!("apply failed for some objects; first: {first}"));
-        }
+    let first_failure = outcomes.iter().find_map(|o| match &o.action {
+        ApplyAction::Failed(r) => Some(format!("{}: {}: {}", o.origin, o.key, r)),
+        _ => None,
+    });
+    if let Some(first) = first_failure {
+        report.fail(
+            "apply",
+            format!("apply failed for some objects; first: {first}"),
+        );
     }
-    tracing::debug!(
-        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
-        "applied"
-    );
-    // Health.
-    if let Some(timeout) = options
-        .wait
-        .filter(|_| !options.dry_run && report.failure.is_none())
-    {
-        wait_for_health(client, &mut outcomes, timeout).await;
+    Applied {
+        outcomes,
+        desired_keys,
     }
+}
+
+/// One report line per applied object, the changes a dry run would make, and, with `wait`, the
+/// objects that did not become healthy in time.
+fn report_applied(options: &SyncOptions, outcomes: &[ApplyOutcome], report: &mut SyncReport) {
     if options.dry_run {
-        for o in &outcomes {
-            if matches!(
-                o.action,
-                ApplyAction::Created
-                    | ApplyAction::Configured
-                    | ApplyAction::Recreated
-                    | ApplyAction::Adopted
-            ) {
+        for o in outcomes {
+            if o.action.changes() {
                 report.changes.push(Change {
                     object: o.key.to_string(),
                     before: o.before.as_ref().map(crate::apply::comparable),
@@ -625,8 +705,7 @@ async fn run_pipeline(
             }
         }
     }
-    for o in &outcomes {
-        let health = o.health.clone();
+    for o in outcomes {
         report.objects.push(ObjectReport {
             object: o.key.to_string(),
             origin: Some(o.origin.clone()),
@@ -639,37 +718,42 @@ async fn run_pipeline(
                 ApplyAction::Failed(r) => ObjectResult::Failed(format!("{}: {r}", o.origin)),
             },
             drift_corrected: o.drift_corrected,
-            health,
+            health: o.health.clone(),
             target: Some((o.key.clone(), o.resource.clone())),
         });
     }
-    if options.wait.is_some() && !options.dry_run {
-        let unhealthy: Vec<String> = report
-            .objects
-            .iter()
-            .filter(|o| o.health.as_ref().is_some_and(|h| !h.is_healthy()))
-            .map(|o| format!("{} ({:?})", o.object, o.health))
-            .collect();
-        if !unhealthy.is_empty() && report.failure.is_none() {
-            report.fail(
-                "health",
-                format!("not healthy in time: {}", unhealthy.join(", ")),
-            );
-        }
+    if options.wait.is_none() || options.dry_run || report.failure.is_some() {
+        return;
     }
+    let unhealthy: Vec<String> = report
+        .objects
+        .iter()
+        .filter_map(|o| match &o.health {
+            Some(h) if !h.is_healthy() => Some(format!("{} ({h})", o.object)),
+            _ => None,
+        })
+        .collect();
+    if !unhealthy.is_empty() {
+        report.fail(
+            "health",
+            format!("not healthy in time: {}", unhealthy.join(", ")),
+        );
+    }
+}
 
-    tracing::debug!(
-        elapsed_ms = stage_clock.elapsed().as_millis() as u64,
-        "reported"
-    );
-    // Prune, with every guard.
-    if !options.prune {
-        return;
-    }
+/// Prune, behind every guard, then narrow the parent to what the set now holds. Guards that stop
+/// a prune are reported; a failed delete fails the sync.
+async fn prune_and_close(
+    clients: &Clients,
+    options: &SyncOptions,
+    set: &OpenSet,
+    desired_keys: &BTreeSet<ObjectKey>,
+    report: &mut SyncReport,
+) -> Result<(), Stop> {
     if report.failure.is_some() {
-        report.prune_blocked = Some(PruneBlocked::Failure);
-        return;
+        return Err(Stop);
     }
+    let inventory = &set.inventory;
     if !inventory.complete() {
         let detail = inventory
             .errors
@@ -678,35 +762,61 @@ async fn run_pipeline(
             .collect::<Vec<_>>()
             .join("; ");
         report.prune_blocked = Some(PruneBlocked::IncompleteInventory(detail));
-        return;
+        return Ok(());
     }
-    let candidates = prune_candidates(&inventory, &desired_keys);
-    if candidates.is_empty() {
-        finish_parent(
-            &clients.parent,
-            &parent,
-            &desired_footprint,
-            &desired_keys,
-            &[],
-            options,
-            report,
-        )
-        .await;
-        return;
+    let candidates = prune_candidates(inventory, desired_keys);
+    if !candidates.is_empty()
+        && let Some(blocked) =
+            prune_guard(options, inventory.objects.len(), &candidates, desired_keys)
+    {
+        report.prune_blocked = Some(blocked);
+        return Ok(());
     }
+    let remaining = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        prune_candidates_now(&clients.apply, options, inventory, candidates, report).await
+    };
+    finish_parent(
+        &clients.parent,
+        &set.parent,
+        &set.desired,
+        desired_keys,
+        &remaining,
+        options,
+        report,
+    )
+    .await;
+    Ok(())
+}
+
+/// The guards on the size of a prune: Git became empty, or too much would go.
+fn prune_guard(
+    options: &SyncOptions,
+    managed: usize,
+    candidates: &[(ObjectKey, applyset::LiveObject)],
+    desired_keys: &BTreeSet<ObjectKey>,
+) -> Option<PruneBlocked> {
     if desired_keys.is_empty() && !options.allow_empty {
-        report.prune_blocked = Some(PruneBlocked::EmptySource);
-        return;
+        return Some(PruneBlocked::EmptySource);
     }
-    let managed = inventory.objects.len();
     let limit = options.max_prune.unwrap_or_else(|| (managed / 4).max(10));
-    if candidates.len() > limit {
-        report.prune_blocked = Some(PruneBlocked::TooMany(format!(
+    (candidates.len() > limit).then(|| {
+        PruneBlocked::TooMany(format!(
             "{} objects would be deleted, the limit is {limit}",
             candidates.len()
-        )));
-        return;
-    }
+        ))
+    })
+}
+
+/// Deletes (or keeps) the candidates and reports each; returns the keys still in the set.
+async fn prune_candidates_now(
+    client: &Client,
+    options: &SyncOptions,
+    inventory: &Inventory,
+    candidates: Vec<(ObjectKey, applyset::LiveObject)>,
+    report: &mut SyncReport,
+) -> Vec<ObjectKey> {
     let prune_options = PruneOptions {
         field_manager: options.field_manager.clone(),
         dry_run: options.dry_run,
@@ -740,10 +850,7 @@ async fn run_pipeline(
             }
             PruneAction::Failed(r) => {
                 remaining.push(p.key.clone());
-                if report.failure.is_none() {
-                    report.failure = Some("prune");
-                }
-                report.errors.push(format!("pruning {}: {r}", p.key));
+                report.fail("prune", format!("pruning {}: {r}", p.key));
                 ObjectResult::Failed(r.clone())
             }
         };
@@ -756,26 +863,7 @@ async fn run_pipeline(
             target: None,
         });
     }
-    finish_parent(
-        &clients.parent,
-        &parent,
-        &desired_footprint,
-        &desired_keys,
-        &remaining,
-        options,
-        report,
-    )
-    .await;
-}
-
-/// Records a stop requested before apply began; the sync then ends without applying or pruning.
-fn stopped(options: &SyncOptions, report: &mut SyncReport) -> bool {
-    if options.stopping() {
-        report.fail("stopped", "stopped before apply (shutting down)".into());
-        report.prune_blocked = Some(PruneBlocked::Failure);
-        return true;
-    }
-    false
+    remaining
 }
 
 fn prune_candidates(
@@ -956,4 +1044,150 @@ pub fn default_cache_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("kubesync")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            group: String::new(),
+            kind: kind.into(),
+            namespace: Some("apps".into()),
+            name: name.into(),
+        }
+    }
+
+    fn outcome(kind: &str, name: &str, action: ApplyAction, health: Health) -> ApplyOutcome {
+        ApplyOutcome {
+            key: key(kind, name),
+            resource: kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(
+                &(),
+            ),
+            origin: Origin {
+                file: format!("{name}.yaml"),
+                document: 0,
+                item: None,
+            },
+            action,
+            drift_corrected: false,
+            health: Some(health),
+            live: None,
+            before: None,
+        }
+    }
+
+    fn live(name: &str) -> (ObjectKey, applyset::LiveObject) {
+        (
+            key("ConfigMap", name),
+            applyset::LiveObject {
+                resource: kube::discovery::ApiResource::erase::<
+                    k8s_openapi::api::core::v1::ConfigMap,
+                >(&()),
+                namespaced: true,
+                object: kube::api::DynamicObject::new(
+                    name,
+                    &kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(
+                        &(),
+                    ),
+                ),
+            },
+        )
+    }
+
+    #[test]
+    fn prune_guards_stop_an_empty_source_and_large_prunes() {
+        let options = SyncOptions::new("app", "apps");
+        let desired: BTreeSet<ObjectKey> = [key("ConfigMap", "keep")].into();
+        let few: Vec<_> = (0..10).map(|i| live(&format!("c{i}"))).collect();
+        assert_eq!(
+            prune_guard(&options, 12, &few, &desired),
+            None,
+            "at least 10 may go"
+        );
+        let many: Vec<_> = (0..11).map(|i| live(&format!("c{i}"))).collect();
+        assert!(matches!(
+            prune_guard(&options, 12, &many, &desired),
+            Some(PruneBlocked::TooMany(d)) if d.contains("11 objects") && d.contains("limit is 10")
+        ));
+        assert_eq!(
+            prune_guard(&options, 100, &many, &desired),
+            None,
+            "25 % of 100 managed objects"
+        );
+        assert_eq!(
+            prune_guard(&options, 12, &few, &BTreeSet::new()),
+            Some(PruneBlocked::EmptySource)
+        );
+        let allowed = SyncOptions {
+            allow_empty: true,
+            max_prune: Some(1000),
+            ..SyncOptions::new("app", "apps")
+        };
+        assert_eq!(prune_guard(&allowed, 12, &many, &BTreeSet::new()), None);
+    }
+
+    #[test]
+    fn applied_objects_are_reported_and_unhealthy_ones_fail_a_wait() {
+        let outcomes = [
+            outcome("ConfigMap", "a", ApplyAction::Created, Health::Healthy),
+            outcome(
+                "ConfigMap",
+                "b",
+                ApplyAction::Recreated,
+                Health::Progressing("0 of 1 replicas ready".into()),
+            ),
+            outcome(
+                "ConfigMap",
+                "c",
+                ApplyAction::Unchanged,
+                Health::Suspended("rollout paused".into()),
+            ),
+        ];
+        let mut report = SyncReport::default();
+        report_applied(&SyncOptions::new("app", "apps"), &outcomes, &mut report);
+        assert!(report.succeeded(), "no wait: health does not fail the sync");
+        summarise(&mut report);
+        let s = &report.summary;
+        assert_eq!(
+            (s.created, s.recreated, s.unchanged, s.managed, s.unhealthy),
+            (1, 1, 1, 3, 1)
+        );
+
+        let waiting = SyncOptions {
+            wait: Some(Duration::from_secs(1)),
+            ..SyncOptions::new("app", "apps")
+        };
+        let mut report = SyncReport::default();
+        report_applied(&waiting, &outcomes, &mut report);
+        assert_eq!(report.failure, Some("health"));
+        assert_eq!(
+            report.errors,
+            ["not healthy in time: configmap/b -n apps (progressing: 0 of 1 replicas ready)"]
+        );
+    }
+
+    #[test]
+    fn a_dry_run_reports_changes_and_new_namespaces() {
+        let mut namespace = outcome("Namespace", "fresh", ApplyAction::Created, Health::Healthy);
+        namespace.key.namespace = None;
+        let outcomes = [
+            namespace,
+            outcome("ConfigMap", "same", ApplyAction::Unchanged, Health::Healthy),
+            outcome("ConfigMap", "new", ApplyAction::Created, Health::Healthy),
+        ];
+        assert_eq!(
+            namespaces_created(&outcomes),
+            BTreeSet::from(["fresh".to_string()])
+        );
+        let dry = SyncOptions {
+            dry_run: true,
+            ..SyncOptions::new("app", "apps")
+        };
+        let mut report = SyncReport::default();
+        report_applied(&dry, &outcomes, &mut report);
+        let changed: Vec<&str> = report.changes.iter().map(|c| c.object.as_str()).collect();
+        assert_eq!(changed, ["namespace/fresh", "configmap/new -n apps"]);
+    }
 }
