@@ -23,6 +23,8 @@ pub struct PruneOptions {
     /// Also delete Namespaces, PVCs, PVs and CRDs.
     pub prune_data: bool,
     pub propagation: PropagationPolicy,
+    /// Deletes in flight at once within one stage.
+    pub concurrency: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -112,52 +114,79 @@ pub fn prune_order(candidates: &mut [(ObjectKey, LiveObject)]) {
     });
 }
 
-/// Deletes (or keeps) each candidate, in [`prune_order`]. Runs sequentially: prunes are rare and
-/// order is reported.
+/// Deletes (or keeps) each candidate, in [`prune_order`]: one stage after another, the objects
+/// of one stage concurrently (at most `options.concurrency` at once), reported in order.
 pub async fn prune(
     client: &Client,
     mut candidates: Vec<(ObjectKey, LiveObject)>,
     options: &PruneOptions,
 ) -> Vec<PruneOutcome> {
+    use futures::StreamExt;
     prune_order(&mut candidates);
-    let mut outcomes = Vec::new();
-    for (key, live) in candidates {
-        let api = api_for(client, &live);
-        let name = live.object.name_any();
-        let action = match decide(&key, &live.object, options) {
-            Err(PruneAction::Kept(reason)) if !options.dry_run => {
-                match release(&api, &name, &options.field_manager).await {
-                    Ok(()) => PruneAction::Kept(reason),
-                    Err(e) => PruneAction::Failed(format!(
-                        "releasing from the set: {}",
-                        crate::error::kube_message(&e)
-                    )),
-                }
-            }
-            Err(other) => other,
-            Ok(()) => {
-                let mut dp = DeleteParams {
-                    propagation_policy: Some(options.propagation.clone()),
-                    ..Default::default()
-                };
-                dp.dry_run = options.dry_run;
-                dp.preconditions = Some(Preconditions {
-                    uid: live.object.uid(),
-                    resource_version: None,
-                });
-                match api.delete(&name, &dp).await {
-                    Ok(_) => PruneAction::Pruned,
-                    Err(kube::Error::Api(s)) if s.code == 404 => PruneAction::Gone,
-                    Err(kube::Error::Api(s)) if s.code == 409 => PruneAction::Skipped(
-                        "replaced by another object with the same name (uid changed)".into(),
-                    ),
-                    Err(e) => PruneAction::Failed(crate::error::kube_message(&e)),
-                }
-            }
-        };
-        outcomes.push(PruneOutcome { key, action });
+    let mut outcomes = Vec::with_capacity(candidates.len());
+    let mut rest = candidates.into_iter().peekable();
+    while let Some(first) = rest.next() {
+        let stage = crate::plan::stage_of(&first.0.group, &first.0.kind);
+        let mut group = vec![first];
+        while let Some(next) =
+            rest.next_if(|(k, _)| crate::plan::stage_of(&k.group, &k.kind) == stage)
+        {
+            group.push(next);
+        }
+        let mut done: Vec<PruneOutcome> = futures::stream::iter(
+            group
+                .into_iter()
+                .map(|(key, live)| prune_one(client, key, live, options)),
+        )
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+        done.sort_by(|a, b| a.key.cmp(&b.key));
+        outcomes.extend(done);
     }
     outcomes
+}
+
+async fn prune_one(
+    client: &Client,
+    key: ObjectKey,
+    live: LiveObject,
+    options: &PruneOptions,
+) -> PruneOutcome {
+    let api = api_for(client, &live);
+    let name = live.object.name_any();
+    let action = match decide(&key, &live.object, options) {
+        Err(PruneAction::Kept(reason)) if !options.dry_run => {
+            match release(&api, &name, &options.field_manager).await {
+                Ok(()) => PruneAction::Kept(reason),
+                Err(e) => PruneAction::Failed(format!(
+                    "releasing from the set: {}",
+                    crate::error::kube_message(&e)
+                )),
+            }
+        }
+        Err(other) => other,
+        Ok(()) => {
+            let mut dp = DeleteParams {
+                propagation_policy: Some(options.propagation.clone()),
+                ..Default::default()
+            };
+            dp.dry_run = options.dry_run;
+            dp.preconditions = Some(Preconditions {
+                uid: live.object.uid(),
+                resource_version: None,
+            });
+            match api.delete(&name, &dp).await {
+                Ok(_) => PruneAction::Pruned,
+                Err(kube::Error::Api(s)) if s.code == 404 => PruneAction::Gone,
+                Err(kube::Error::Api(s)) if s.code == 409 => PruneAction::Skipped(
+                    "replaced by another object with the same name (uid changed)".into(),
+                ),
+                Err(e) => PruneAction::Failed(crate::error::kube_message(&e)),
+            }
+        }
+    };
+    PruneOutcome { key, action }
 }
 
 /// Removes the part-of label so a kept object leaves the set.
@@ -189,6 +218,7 @@ mod tests {
             dry_run: false,
             prune_data: false,
             propagation: PropagationPolicy::Background,
+            concurrency: 4,
         }
     }
 

@@ -822,6 +822,7 @@ async fn prune_candidates_now(
         dry_run: options.dry_run,
         prune_data: options.prune_data,
         propagation: options.propagation.clone(),
+        concurrency: options.concurrency,
     };
     let pruned = prune::prune(client, candidates, &prune_options).await;
     let mut remaining = Vec::new();
