@@ -137,7 +137,7 @@ pub struct ApplyArgs {
     /// How dependents of pruned objects are deleted.
     #[arg(long, value_enum, default_value_t = Propagation::Background)]
     pub prune_propagation: Propagation,
-    /// Requests in flight at once within one apply stage.
+    /// Requests in flight at once within one apply stage, and deletes within one prune stage.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 }
