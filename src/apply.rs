@@ -171,6 +171,26 @@ fn wants_adopt(desired: &Value) -> bool {
     desired["metadata"]["annotations"][ADOPT_ANNOTATION].as_str() == Some("true")
 }
 
+/// Whether this set may write the object: Ok(true) when it takes it over from another set
+/// (`kubesync.dev/adopt`), Ok(false) when it is ours or nobody's, Err naming both sets otherwise.
+fn ownership(live: Option<&DynamicObject>, desired: &Value) -> Result<bool, String> {
+    let Some(theirs) = live.and_then(|live| foreign_set(live, desired)) else {
+        return Ok(false);
+    };
+    if wants_adopt(desired) {
+        return Ok(true);
+    }
+    let ours = desired["metadata"]["labels"][crate::plan::PART_OF_LABEL]
+        .as_str()
+        .unwrap_or_default();
+    Err(format!(
+        "belongs to another ApplySet ({}={theirs}), not to this one ({ours}); an object has one \
+         owner: remove it from the other set's source, or annotate it {ADOPT_ANNOTATION}: \
+         \"true\" in Git to take it over",
+        crate::plan::PART_OF_LABEL
+    ))
+}
+
 /// Decides, without a request, whether the live object already is what Git says.
 pub fn is_unchanged(
     live: &DynamicObject,
@@ -292,24 +312,9 @@ async fn apply_one(
         before: before.filter(|_| options.dry_run).cloned(),
         ..outcome(action, drift_corrected, live)
     };
-    let adopting = match before.and_then(|live| foreign_set(live, &planned.desired)) {
-        Some(_) if wants_adopt(&planned.desired) => true,
-        Some(theirs) => {
-            let ours = planned.desired["metadata"]["labels"][crate::plan::PART_OF_LABEL]
-                .as_str()
-                .unwrap_or_default();
-            return outcome(
-                ApplyAction::Failed(format!(
-                    "belongs to another ApplySet ({}={theirs}), not to this one ({ours}); an object \
-                     has one owner: remove it from the other set's source, or annotate it \
-                     {ADOPT_ANNOTATION}: \"true\" in Git to take it over",
-                    crate::plan::PART_OF_LABEL
-                )),
-                false,
-                None,
-            );
-        }
-        None => false,
+    let adopting = match ownership(before, &planned.desired) {
+        Ok(adopting) => adopting,
+        Err(reason) => return outcome(ApplyAction::Failed(reason), false, None),
     };
     let mut params = PatchParams::apply(&options.field_manager);
     params.force = options.force_conflicts;
@@ -668,6 +673,35 @@ mod tests {
         assert!(
             !is_unchanged(&drifted, &desired, "h1", "kubesync"),
             "a changed value is drift"
+        );
+    }
+
+    #[test]
+    fn an_object_of_another_set_is_refused_unless_adopted() {
+        let desired = |annotations: Value| {
+            json!({"metadata": {"name": "c", "annotations": annotations,
+                "labels": {crate::plan::PART_OF_LABEL: "applyset-ours-v1"}}})
+        };
+        let live = |set: &str| -> DynamicObject {
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "labels": {crate::plan::PART_OF_LABEL: set}}}))
+            .expect("object")
+        };
+        let plain = desired(json!({}));
+        assert_eq!(ownership(None, &plain), Ok(false), "new object");
+        assert_eq!(
+            ownership(Some(&live("applyset-ours-v1")), &plain),
+            Ok(false)
+        );
+        let refused = ownership(Some(&live("applyset-theirs-v1")), &plain).expect_err("refused");
+        assert!(
+            refused.contains("applyset-theirs-v1") && refused.contains("applyset-ours-v1"),
+            "{refused}"
+        );
+        let adopting = desired(json!({ADOPT_ANNOTATION: "true"}));
+        assert_eq!(
+            ownership(Some(&live("applyset-theirs-v1")), &adopting),
+            Ok(true)
         );
     }
 
