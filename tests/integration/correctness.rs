@@ -97,6 +97,37 @@ async fn an_object_belongs_to_one_set_and_moves_only_when_adopted() {
         "not pruned by a set it left"
     );
 
+    // kubectl's own ApplySets are sets too: an object `kubectl apply --applyset` holds is not
+    // taken either.
+    sh(&format!(
+        "KUBECTL_APPLYSET=true kubectl apply --server-side --prune --applyset=secret/by-kubectl \
+           -n {} -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: kubectls}}
+data: {{key: from-kubectl}}
+YAML",
+        ns.name
+    ));
+    let kubectl_id = owner(configmaps.get("kubectls").await.expect("kubectls"));
+    assert!(kubectl_id.starts_with("applyset-"), "{kubectl_id}");
+    first.write("kubectls.yaml", &configmap("kubectls", "from-first"));
+    let taken = sync_dir(&ns, first.path(), |o| o.name = "first".into()).await;
+    let ObjectResult::Failed(reason) = result_of(&taken, &cm_key(&ns, "kubectls")) else {
+        panic!("{:#?}", taken.objects)
+    };
+    assert!(reason.contains(&kubectl_id), "{reason}");
+    assert_eq!(
+        configmaps
+            .get("kubectls")
+            .await
+            .expect("kubectls")
+            .data
+            .expect("data")["key"],
+        "from-kubectl"
+    );
+    first.remove("kubectls.yaml");
+
     // A manifest that carries an ApplySet label itself is refused before anything is applied.
     let labelled = ManifestDir::new();
     labelled.write(
