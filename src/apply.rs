@@ -272,11 +272,18 @@ pub async fn apply_stage(
 async fn apply_one(
     client: &Client,
     planned: &PlannedObject,
-    before: Option<&DynamicObject>,
+    in_set: Option<&DynamicObject>,
     options: &ApplyOptions,
 ) -> ApplyOutcome {
     let hash = desired_hash(&planned.desired);
     let desired = with_hash(&planned.desired, &hash);
+    let api = api_for(client, planned);
+    // Not in this set's inventory: it may still exist, in another set or outside any.
+    let fetched = match in_set {
+        Some(_) => Ok(None),
+        None => api.get_opt(&planned.key.name).await,
+    };
+    let before = in_set.or(fetched.as_ref().ok().and_then(Option::as_ref));
     let outcome = |action, drift_corrected, live: Option<&DynamicObject>| ApplyOutcome {
         key: planned.key.clone(),
         resource: planned.resource.clone(),
@@ -287,31 +294,16 @@ async fn apply_one(
         live: live.filter(|_| options.dry_run).cloned(),
         before: before.filter(|_| options.dry_run).cloned(),
     };
+    let failed =
+        |e: &kube::Error| outcome(ApplyAction::Failed(describe_error(e, planned)), false, None);
+    if let Err(e) = &fetched {
+        return failed(e);
+    }
     if let Some(live) = before
         && is_unchanged(live, &desired, &hash, &options.field_manager)
     {
         return outcome(ApplyAction::Unchanged, false, Some(live));
     }
-    let api = api_for(client, planned);
-    // Not in this set's inventory: it may still exist, in another set or outside any.
-    let fetched = match before {
-        Some(_) => None,
-        None => match api.get_opt(&planned.key.name).await {
-            Ok(found) => found,
-            Err(e) => {
-                return outcome(
-                    ApplyAction::Failed(describe_error(&e, planned)),
-                    false,
-                    None,
-                );
-            }
-        },
-    };
-    let before = before.or(fetched.as_ref());
-    let outcome = |action, drift_corrected, live: Option<&DynamicObject>| ApplyOutcome {
-        before: before.filter(|_| options.dry_run).cloned(),
-        ..outcome(action, drift_corrected, live)
-    };
     let adopting = match ownership(before, &planned.desired) {
         Ok(adopting) => adopting,
         Err(reason) => return outcome(ApplyAction::Failed(reason), false, None),
@@ -333,13 +325,7 @@ async fn apply_one(
     }
     let applied = match result {
         Ok(applied) => applied,
-        Err(e) => {
-            return outcome(
-                ApplyAction::Failed(describe_error(&e, planned)),
-                false,
-                None,
-            );
-        }
+        Err(e) => return failed(&e),
     };
     // Objects created or edited with kubectl: take over their fields, then apply again so fields
     // that left Git are removed.
@@ -350,13 +336,7 @@ async fn apply_one(
                 .await
             {
                 Ok(obj) => obj,
-                Err(e) => {
-                    return outcome(
-                        ApplyAction::Failed(describe_error(&e, planned)),
-                        false,
-                        None,
-                    );
-                }
+                Err(e) => return failed(&e),
             },
             Err(e) => {
                 return outcome(

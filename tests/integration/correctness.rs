@@ -637,6 +637,24 @@ spec:
     delete_crd(&ns.client, &group).await;
 }
 
+/// A new Namespace with a ConfigMap in it, a new CRD and one of its custom resources in `ns`.
+fn namespace_and_crd_repo(ns: &TestNamespace, namespace: &str, group: &str) -> ManifestDir {
+    let repo = ManifestDir::new();
+    repo.write(
+        "ns.yaml",
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"),
+    )
+    .write(
+        "cm.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: inside, namespace: {namespace}}}\ndata: {{k: v}}\n"
+        ),
+    )
+    .write("crd.yaml", &gadget_crd(group))
+    .write("g.yaml", &gadget(group, &ns.name, "g1"));
+    repo
+}
+
 /// Finding 7: `diff` previews a new Namespace with objects in it, and a new CRD with its custom
 /// resources, as objects to be created.
 #[tokio::test]
@@ -644,17 +662,7 @@ async fn diff_previews_objects_in_new_namespaces_and_of_new_crds() {
     let ns = TestNamespace::new("preview").await;
     let fresh = unique_name("fresh");
     let group = format!("{}.example.io", unique_name("p"));
-    let repo = ManifestDir::new();
-    repo.write(
-        "ns.yaml",
-        &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {fresh}}}\n"),
-    )
-    .write(
-        "cm.yaml",
-        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: inside, namespace: {fresh}}}\ndata: {{k: v}}\n"),
-    )
-    .write("crd.yaml", &gadget_crd(&group))
-    .write("g.yaml", &gadget(&group, &ns.name, "g1"));
+    let repo = namespace_and_crd_repo(&ns, &fresh, &group);
     let out = kubesync(
         &["diff", "--name", "p", "--namespace", &ns.name],
         repo.path(),
@@ -686,20 +694,8 @@ async fn prune_deletes_in_reverse_apply_order() {
     let ns = TestNamespace::new("order").await;
     let inner = unique_name("inner");
     let group = format!("{}.example.io", unique_name("o"));
-    let repo = ManifestDir::new();
-    repo.write(
-        "ns.yaml",
-        &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {inner}}}\n"),
-    )
-    .write(
-        "cm.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: inside, namespace: {inner}}}\n"
-        ),
-    )
-    .write("crd.yaml", &gadget_crd(&group))
-    .write("g.yaml", &gadget(&group, &ns.name, "g1"))
-    .write("keep.yaml", &configmap("keep", "x"));
+    let repo = namespace_and_crd_repo(&ns, &inner, &group);
+    repo.write("keep.yaml", &configmap("keep", "x"));
     let first = sync_dir(&ns, repo.path(), |_| {}).await;
     assert!(first.succeeded(), "{:?}", first.errors);
     for f in ["ns.yaml", "cm.yaml", "crd.yaml", "g.yaml"] {
