@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::applyset::LiveObject;
 use crate::health::Health;
+use crate::kube_ext::{SERVER_OWNED_METADATA, applied_by, dynamic_api, is_apply_by, managers};
 use crate::manifests::Origin;
 use crate::plan::{ObjectKey, PlannedObject};
 
@@ -131,18 +132,6 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
-fn managers(
-    object: &DynamicObject,
-) -> impl Iterator<Item = &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry> {
-    object.metadata.managed_fields.iter().flatten()
-}
-
-fn has_our_apply_entry(object: &DynamicObject, field_manager: &str) -> bool {
-    managers(object).any(|m| {
-        m.manager.as_deref() == Some(field_manager) && m.operation.as_deref() == Some("Apply")
-    })
-}
-
 fn is_adoptable(
     entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
 ) -> bool {
@@ -201,7 +190,7 @@ pub fn is_unchanged(
     if live.annotations().get(HASH_ANNOTATION).map(String::as_str) != Some(hash) {
         return false;
     }
-    if !has_our_apply_entry(live, field_manager) || has_adoptable_managers(live) {
+    if !applied_by(live, field_manager) || has_adoptable_managers(live) {
         return false;
     }
     // Compare part by part: only the metadata is serialised, the rest is already JSON.
@@ -223,10 +212,7 @@ pub fn is_unchanged(
 }
 
 fn api_for(client: &Client, planned: &PlannedObject) -> Api<DynamicObject> {
-    match &planned.key.namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &planned.resource),
-        None => Api::all_with(client.clone(), &planned.resource),
-    }
+    dynamic_api(client, planned.key.namespace.as_deref(), &planned.resource)
 }
 
 /// Applies the objects of one stage concurrently.
@@ -380,14 +366,7 @@ async fn apply_one(
 pub fn comparable(object: &DynamicObject) -> Value {
     let mut value = serde_json::to_value(object).unwrap_or_default();
     if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        for key in [
-            "managedFields",
-            "resourceVersion",
-            "generation",
-            "creationTimestamp",
-            "uid",
-            "selfLink",
-        ] {
+        for key in SERVER_OWNED_METADATA {
             metadata.remove(key);
         }
     }
@@ -495,7 +474,6 @@ async fn adopt(
     let mut ours_index = None;
     for entry in managers(applied) {
         let value = serde_json::to_value(entry).unwrap_or(Value::Null);
-        let manager = entry.manager.as_deref().unwrap_or_default();
         if is_adoptable(entry) {
             let fields = value.get("fieldsV1").cloned().unwrap_or(json!({}));
             merged = Some(match merged.take() {
@@ -504,10 +482,7 @@ async fn adopt(
             });
             continue;
         }
-        if manager == field_manager
-            && entry.operation.as_deref() == Some("Apply")
-            && entry.subresource.is_none()
-        {
+        if is_apply_by(entry, field_manager) {
             ours_index = Some(entries.len());
         }
         entries.push(value);
@@ -576,13 +551,13 @@ pub fn describe_error(e: &kube::Error, planned: &PlannedObject) -> String {
                     )
                 }
                 403 => format!("forbidden: {message}"),
-                _ => crate::error::kube_message(e),
+                _ => crate::kube_ext::kube_message(e),
             }
         }
         other => format!(
             "request for {} failed: {}",
             planned.key,
-            crate::error::kube_message(other)
+            crate::kube_ext::kube_message(other)
         ),
     }
 }

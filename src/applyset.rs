@@ -14,6 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::kube_ext::dynamic_api;
 use crate::plan::{Discovery, GroupKind, ObjectKey, PART_OF_LABEL};
 
 pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
@@ -137,7 +138,7 @@ impl Footprint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplySetError {
-    #[error("reading ApplySet parent {kind} {namespace}/{name}: {}", crate::error::kube_message(.source))]
+    #[error("reading ApplySet parent {kind} {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
     ReadParent {
         kind: String,
         namespace: String,
@@ -154,7 +155,7 @@ pub enum ApplySetError {
         name: String,
         detail: String,
     },
-    #[error("updating ApplySet parent {kind} {namespace}/{name}: {}", crate::error::kube_message(.source))]
+    #[error("updating ApplySet parent {kind} {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
     WriteParent {
         kind: String,
         namespace: String,
@@ -162,7 +163,7 @@ pub enum ApplySetError {
         #[source]
         source: kube::Error,
     },
-    #[error("listing {resource} in {scope}: {}", crate::error::kube_message(.source))]
+    #[error("listing {resource} in {scope}: {}", crate::kube_ext::kube_message(.source))]
     List {
         resource: String,
         scope: String,
@@ -386,10 +387,7 @@ pub async fn list_inventory(
         let client = client.clone();
         let selector = selector.clone();
         async move {
-            let api: Api<DynamicObject> = match &ns {
-                Some(ns) => Api::namespaced_with(client, ns, &info.api_resource),
-                None => Api::all_with(client, &info.api_resource),
-            };
+            let api = dynamic_api(&client, ns.as_deref(), &info.api_resource);
             // Pages of 500 keep the largest response small; each page is trimmed before the next.
             let mut items = Vec::new();
             let mut params = ListParams::default().labels(&selector).limit(500);

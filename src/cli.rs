@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::api::PropagationPolicy;
 
+use crate::duration::parse_duration;
 use crate::source::{Auth, GitRef, SourceSpec};
 use crate::sync::{ObjectResult, SyncOptions, SyncReport};
 use crate::telemetry::LogFormat;
@@ -218,36 +219,6 @@ pub enum Output {
 pub enum Propagation {
     Background,
     Foreground,
-}
-
-/// `90s`, `5m`, `1h`, `1m30s`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
-        number.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(format!("invalid duration {s:?} (use s, m or h)")),
-        };
-    }
-    if !number.is_empty() {
-        return Err(format!("invalid duration {s:?} (missing unit)"));
-    }
-    Ok(Duration::from_secs(total))
 }
 
 /// Runs the parsed command and maps its outcome to the process exit status.
@@ -660,17 +631,6 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("m").is_err());
     }
 
     #[test]

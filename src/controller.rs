@@ -78,7 +78,7 @@ const HEALTH_RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("writing status of GitSync {sync}: {}", crate::error::kube_message(.source))]
+    #[error("writing status of GitSync {sync}: {}", crate::kube_ext::kube_message(.source))]
     Status {
         sync: String,
         #[source]
@@ -476,7 +476,7 @@ async fn publish(ctx: &Context, sync: &GitSync, type_: EventType, reason: &str, 
         .create(&kube::api::PostParams::default(), &event)
         .await
     {
-        warn!(sync = %key_of(sync), error = %crate::error::kube_message(&e), "publishing an event");
+        warn!(sync = %key_of(sync), error = %crate::kube_ext::kube_message(&e), "publishing an event");
     }
 }
 
@@ -948,7 +948,7 @@ async fn credentials(
             format!(
                 "reading Secret {namespace}/{}: {}",
                 secret_ref.name,
-                crate::error::kube_message(&e)
+                crate::kube_ext::kube_message(&e)
             )
         })?
         .ok_or_else(|| {
@@ -1068,7 +1068,7 @@ pub async fn run_process(
         match api.list(&kube::api::ListParams::default().limit(1)).await {
             Ok(_) => break,
             Err(e) => {
-                warn!(error = %crate::error::kube_message(&e), "cannot list GitSyncs (is the CRD installed?); retrying");
+                warn!(error = %crate::kube_ext::kube_message(&e), "cannot list GitSyncs (is the CRD installed?); retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }

@@ -227,13 +227,16 @@ impl GitSyncSpec {
 }
 
 fn parse_positive(field: &'static str, value: &str) -> Result<Duration, SpecError> {
-    match crate::cli::parse_duration(value) {
+    match crate::duration::parse_duration(value) {
         Ok(d) if d >= Duration::from_secs(1) => Ok(d),
         Ok(_) => Err(SpecError::Duration {
             field,
             message: "must be at least 1s".into(),
         }),
-        Err(message) => Err(SpecError::Duration { field, message }),
+        Err(e) => Err(SpecError::Duration {
+            field,
+            message: e.to_string(),
+        }),
     }
 }
 

@@ -280,7 +280,7 @@ async fn webhook(
             (StatusCode::ACCEPTED, "sync requested\n").into_response()
         }
         Err(e) => {
-            warn!(sync = %key, error = %crate::error::kube_message(&e), "webhook: requesting a sync");
+            warn!(sync = %key, error = %crate::kube_ext::kube_message(&e), "webhook: requesting a sync");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "could not request a sync\n",
@@ -314,7 +314,7 @@ async fn status_page(State(state): State<Arc<HttpState>>) -> Response {
         tokio::time::timeout(Duration::from_secs(10), api.list(&ListParams::default())).await;
     let (syncs, problem) = match listed {
         Ok(Ok(list)) => (list.items, None),
-        Ok(Err(e)) => (Vec::new(), Some(crate::error::kube_message(&e))),
+        Ok(Err(e)) => (Vec::new(), Some(crate::kube_ext::kube_message(&e))),
         Err(_) => (
             Vec::new(),
             Some("the API server did not answer in 10 s".into()),

@@ -46,7 +46,7 @@ pub struct Elector {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("lease {namespace}/{name}: {}", crate::error::kube_message(.source))]
+#[error("lease {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
 pub struct LeaseError {
     namespace: String,
     name: String,

@@ -764,14 +764,7 @@ fn validate(origin: Origin, mut map: Map<String, Value>) -> Result<Manifest, Man
         }
     }
     // Server-owned fields are never sent.
-    for key in [
-        "managedFields",
-        "resourceVersion",
-        "uid",
-        "creationTimestamp",
-        "generation",
-        "selfLink",
-    ] {
+    for key in crate::kube_ext::SERVER_OWNED_METADATA {
         metadata.remove(key);
     }
     map.remove("status");

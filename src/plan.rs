@@ -112,7 +112,7 @@ pub struct Discovery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("discovery request {path} failed: {}", crate::error::kube_message(.source))]
+    #[error("discovery request {path} failed: {}", crate::kube_ext::kube_message(.source))]
     Request {
         path: &'static str,
         #[source]

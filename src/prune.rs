@@ -12,6 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::applyset::LiveObject;
+use crate::kube_ext::{applied_by, dynamic_api};
 use crate::plan::{ObjectKey, PART_OF_LABEL};
 
 pub const PRUNE_ANNOTATION: &str = "kubesync.dev/prune";
@@ -63,11 +64,7 @@ pub fn decide(
     object: &DynamicObject,
     options: &PruneOptions,
 ) -> Result<(), PruneAction> {
-    let owned_by_us = object.metadata.managed_fields.iter().flatten().any(|m| {
-        m.manager.as_deref() == Some(options.field_manager.as_str())
-            && m.operation.as_deref() == Some("Apply")
-    });
-    if !owned_by_us {
+    if !applied_by(object, &options.field_manager) {
         return Err(PruneAction::Skipped(format!(
             "carries the ApplySet label but was not applied by field manager {}",
             options.field_manager
@@ -99,10 +96,8 @@ pub fn decide(
 }
 
 fn api_for(client: &Client, live: &LiveObject) -> Api<DynamicObject> {
-    match live.object.namespace() {
-        Some(ns) if live.namespaced => Api::namespaced_with(client.clone(), &ns, &live.resource),
-        _ => Api::all_with(client.clone(), &live.resource),
-    }
+    let namespace = live.object.namespace().filter(|_| live.namespaced);
+    dynamic_api(client, namespace.as_deref(), &live.resource)
 }
 
 /// The order to delete in: the reverse of the apply order, so the contents of a Namespace go
@@ -161,7 +156,7 @@ async fn prune_one(
                 Ok(()) => PruneAction::Kept(reason),
                 Err(e) => PruneAction::Failed(format!(
                     "releasing from the set: {}",
-                    crate::error::kube_message(&e)
+                    crate::kube_ext::kube_message(&e)
                 )),
             }
         }
@@ -182,7 +177,7 @@ async fn prune_one(
                 Err(kube::Error::Api(s)) if s.code == 409 => PruneAction::Skipped(
                     "replaced by another object with the same name (uid changed)".into(),
                 ),
-                Err(e) => PruneAction::Failed(crate::error::kube_message(&e)),
+                Err(e) => PruneAction::Failed(crate::kube_ext::kube_message(&e)),
             }
         }
     };

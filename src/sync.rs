@@ -986,10 +986,7 @@ pub async fn read_health(
     key: &ObjectKey,
     resource: &kube::discovery::ApiResource,
 ) -> Option<Health> {
-    let api: kube::Api<kube::api::DynamicObject> = match &key.namespace {
-        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, resource),
-        None => kube::Api::all_with(client.clone(), resource),
-    };
+    let api = crate::kube_ext::dynamic_api(client, key.namespace.as_deref(), resource);
     let fresh = api.get(&key.name).await.ok()?;
     Some(crate::apply::health_of(key, &fresh))
 }
