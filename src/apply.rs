@@ -16,6 +16,7 @@ use crate::applyset::LiveObject;
 use crate::health::Health;
 use crate::kube_ext::{SERVER_OWNED_METADATA, applied_by, dynamic_api, is_apply_by, managers};
 use crate::manifests::Origin;
+use crate::outcome::Action;
 use crate::plan::{ObjectKey, PlannedObject};
 
 /// Annotation holding the hash of the desired object kubesync last applied.
@@ -43,31 +44,35 @@ pub struct ApplyOptions {
     pub timeout: Duration,
 }
 
-/// What happened to one object.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase", tag = "action", content = "reason")]
-pub enum ApplyAction {
-    Created,
-    Configured,
-    Unchanged,
-    /// Deleted and created again (`kubesync.dev/recreate`) because an immutable field changed.
-    Recreated,
-    /// Taken over from another ApplySet (`kubesync.dev/adopt`).
-    Adopted,
-    Failed(String),
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            field_manager: crate::FIELD_MANAGER.into(),
+            force_conflicts: true,
+            dry_run: false,
+            concurrency: 16,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
-impl ApplyAction {
-    /// The object was (or, in a dry run, would be) written.
-    pub fn changes(&self) -> bool {
-        matches!(
-            self,
-            ApplyAction::Created
-                | ApplyAction::Configured
-                | ApplyAction::Recreated
-                | ApplyAction::Adopted
-        )
-    }
+/// Why one object could not be applied; the reason of its [`Action::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The API refused or failed the request (described by [`describe_error`]).
+    #[error("{0}")]
+    Request(String),
+    #[error(
+        "belongs to another ApplySet ({label}={theirs}), not to this one ({ours}); an object has \
+         one owner: remove it from the other set's source, or annotate it {ADOPT_ANNOTATION}: \
+         \"true\" in Git to take it over",
+        label = crate::plan::PART_OF_LABEL
+    )]
+    OtherSet { theirs: String, ours: String },
+    #[error("adopting kubectl's fields: {0}")]
+    Adopt(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -75,7 +80,7 @@ pub struct ApplyOutcome {
     pub key: ObjectKey,
     pub resource: kube::discovery::ApiResource,
     pub origin: Origin,
-    pub action: ApplyAction,
+    pub action: Action,
     /// Git's state was re-asserted over a change made in the cluster.
     pub drift_corrected: bool,
     /// Health of the object as the server holds it after this stage (None when the apply failed).
@@ -162,7 +167,7 @@ fn wants_adopt(desired: &Value) -> bool {
 
 /// Whether this set may write the object: Ok(true) when it takes it over from another set
 /// (`kubesync.dev/adopt`), Ok(false) when it is ours or nobody's, Err naming both sets otherwise.
-fn ownership(live: Option<&DynamicObject>, desired: &Value) -> Result<bool, String> {
+fn ownership(live: Option<&DynamicObject>, desired: &Value) -> Result<bool, ApplyError> {
     let Some(theirs) = live.and_then(|live| foreign_set(live, desired)) else {
         return Ok(false);
     };
@@ -172,12 +177,10 @@ fn ownership(live: Option<&DynamicObject>, desired: &Value) -> Result<bool, Stri
     let ours = desired["metadata"]["labels"][crate::plan::PART_OF_LABEL]
         .as_str()
         .unwrap_or_default();
-    Err(format!(
-        "belongs to another ApplySet ({}={theirs}), not to this one ({ours}); an object has one \
-         owner: remove it from the other set's source, or annotate it {ADOPT_ANNOTATION}: \
-         \"true\" in Git to take it over",
-        crate::plan::PART_OF_LABEL
-    ))
+    Err(ApplyError::OtherSet {
+        theirs: theirs.into(),
+        ours: ours.into(),
+    })
 }
 
 /// Decides, without a request, whether the live object already is what Git says.
@@ -239,7 +242,7 @@ pub async fn apply_stage(
                     key: planned.key.clone(),
                     resource: planned.resource.clone(),
                     origin: planned.origin.clone(),
-                    action: ApplyAction::Failed(format!("timed out after {:?}", options.timeout)),
+                    action: Action::Failed(ApplyError::Timeout(options.timeout).to_string()),
                     drift_corrected: false,
                     health: None,
                     live: None,
@@ -280,86 +283,97 @@ async fn apply_one(
         live: live.filter(|_| options.dry_run).cloned(),
         before: before.filter(|_| options.dry_run).cloned(),
     };
-    let failed =
-        |e: &kube::Error| outcome(ApplyAction::Failed(describe_error(e, planned)), false, None);
+    let failed = |e: ApplyError| outcome(Action::Failed(e.to_string()), false, None);
     if let Err(e) = &fetched {
-        return failed(e);
+        return failed(ApplyError::Request(describe_error(e, planned)));
     }
     if let Some(live) = before
         && is_unchanged(live, &desired, &hash, &options.field_manager)
     {
-        return outcome(ApplyAction::Unchanged, false, Some(live));
+        return outcome(Action::Unchanged, false, Some(live));
     }
-    let adopting = match ownership(before, &planned.desired) {
-        Ok(adopting) => adopting,
-        Err(reason) => return outcome(ApplyAction::Failed(reason), false, None),
+    let written = match ownership(before, &planned.desired) {
+        Ok(adopting) => write(&api, planned, before, &desired, options)
+            .await
+            .map(|w| (adopting, w)),
+        Err(e) => Err(e),
     };
+    let (adopting, (applied, recreated)) = match written {
+        Ok(w) => w,
+        Err(e) => return failed(e),
+    };
+    let action = match before {
+        _ if recreated => Action::Recreated,
+        Some(_) if adopting => Action::Adopted,
+        Some(b) => configured_or_unchanged(b, &applied, options.dry_run),
+        None if looks_created(&applied, &options.field_manager) => Action::Created,
+        None => Action::Configured,
+    };
+    // Git's hash was already there, yet the object changed: someone edited it in the cluster.
+    let drift_corrected = before.is_some_and(|b| {
+        b.annotations().get(HASH_ANNOTATION) == Some(&hash) && action == Action::Configured
+    });
+    outcome(action, drift_corrected, Some(&applied))
+}
+
+/// Whether an apply to an existing object changed it.
+fn configured_or_unchanged(
+    before: &DynamicObject,
+    applied: &DynamicObject,
+    dry_run: bool,
+) -> Action {
+    // A dry run never bumps resourceVersion: compare the content instead.
+    let same = if dry_run {
+        comparable(before) == comparable(applied)
+    } else {
+        before.resource_version() == applied.resource_version()
+    };
+    if same {
+        Action::Unchanged
+    } else {
+        Action::Configured
+    }
+}
+
+/// Server-side applies the object; re-creates it when an immutable field changed and it is
+/// annotated so; takes over kubectl's fields and applies again. Returns the object as the server
+/// holds it and whether it was re-created.
+async fn write(
+    api: &Api<DynamicObject>,
+    planned: &PlannedObject,
+    before: Option<&DynamicObject>,
+    desired: &Value,
+    options: &ApplyOptions,
+) -> Result<(DynamicObject, bool), ApplyError> {
+    let refused = |e: kube::Error| ApplyError::Request(describe_error(&e, planned));
     let mut params = PatchParams::apply(&options.field_manager);
     params.force = options.force_conflicts;
     params.dry_run = options.dry_run;
-    let mut result = api
-        .patch(&planned.key.name, &params, &Patch::Apply(&desired))
-        .await;
+    let name = &planned.key.name;
+    let mut result = api.patch(name, &params, &Patch::Apply(desired)).await;
     let mut recreated = false;
     if let Err(kube::Error::Api(status)) = &result
         && is_immutable_error(status)
         && wants_recreate(&planned.desired, before)
         && !options.dry_run
     {
-        result = recreate(&api, planned, before, &params, &desired).await;
+        result = recreate(api, name, before, (&params, desired)).await;
         recreated = result.is_ok();
     }
-    let applied = match result {
-        Ok(applied) => applied,
-        Err(e) => return failed(&e),
-    };
-    // Objects created or edited with kubectl: take over their fields, then apply again so fields
+    let applied = result.map_err(refused)?;
+    if options.dry_run || !has_adoptable_managers(&applied) {
+        return Ok((applied, recreated));
+    }
+    // Created or edited with kubectl: take over its fields, then apply again so that fields
     // that left Git are removed.
-    let applied = if has_adoptable_managers(&applied) && !options.dry_run {
-        match adopt(&api, planned, &applied, &options.field_manager).await {
-            Ok(()) => match api
-                .patch(&planned.key.name, &params, &Patch::Apply(&desired))
-                .await
-            {
-                Ok(obj) => obj,
-                Err(e) => return failed(&e),
-            },
-            Err(e) => {
-                return outcome(
-                    ApplyAction::Failed(format!(
-                        "adopting kubectl's fields: {}",
-                        describe_error(&e, planned)
-                    )),
-                    false,
-                    None,
-                );
-            }
-        }
-    } else {
-        applied
-    };
-    let action = match before {
-        _ if recreated => ApplyAction::Recreated,
-        Some(_) if adopting => ApplyAction::Adopted,
-        // A dry run never bumps resourceVersion: compare the content instead.
-        Some(b) if options.dry_run && comparable(b) == comparable(&applied) => {
-            ApplyAction::Unchanged
-        }
-        Some(b) if !options.dry_run && b.resource_version() == applied.resource_version() => {
-            ApplyAction::Unchanged
-        }
-        Some(_) => ApplyAction::Configured,
-        None if looks_created(&applied, &options.field_manager) => ApplyAction::Created,
-        None => ApplyAction::Configured,
-    };
-    let drift_corrected = match before {
-        Some(b) => {
-            b.annotations().get(HASH_ANNOTATION).map(String::as_str) == Some(hash.as_str())
-                && action == ApplyAction::Configured
-        }
-        None => false,
-    };
-    outcome(action, drift_corrected, Some(&applied))
+    adopt(api, planned, &applied, &options.field_manager)
+        .await
+        .map_err(|e| ApplyError::Adopt(describe_error(&e, planned)))?;
+    let applied = api
+        .patch(name, &params, &Patch::Apply(desired))
+        .await
+        .map_err(refused)?;
+    Ok((applied, recreated))
 }
 
 /// The object without the fields every write changes, for comparisons and diffs.
@@ -432,34 +446,34 @@ fn wants_recreate(desired: &Value, before: Option<&DynamicObject>) -> bool {
     in_git || live
 }
 
+/// Deletes the object (foreground, if it is still the one read) and applies it anew.
 async fn recreate(
     api: &Api<DynamicObject>,
-    planned: &PlannedObject,
+    name: &str,
     before: Option<&DynamicObject>,
-    params: &PatchParams,
-    desired: &Value,
+    apply: (&PatchParams, &Value),
 ) -> Result<DynamicObject, kube::Error> {
+    let (params, desired) = apply;
     let current = match before {
         Some(b) => b.clone(),
-        None => api.get(&planned.key.name).await?,
+        None => api.get(name).await?,
     };
     let mut dp = DeleteParams::foreground();
     dp.preconditions = Some(Preconditions {
         uid: current.uid(),
         resource_version: None,
     });
-    api.delete(&planned.key.name, &dp).await?;
+    api.delete(name, &dp).await?;
     // Wait until the old object is gone (foreground deletion removes dependents first).
     for _ in 0..240 {
-        match api.get_opt(&planned.key.name).await? {
+        match api.get_opt(name).await? {
             Some(o) if o.uid() == current.uid() => {
                 tokio::time::sleep(Duration::from_millis(250)).await
             }
             _ => break,
         }
     }
-    api.patch(&planned.key.name, params, &Patch::Apply(desired))
-        .await
+    api.patch(name, params, &Patch::Apply(desired)).await
 }
 
 /// Moves the fields owned by kubectl's managers into kubesync's Apply entry (as Flux does).
@@ -643,20 +657,22 @@ mod tests {
             .expect("object")
         };
         let plain = desired(json!({}));
-        assert_eq!(ownership(None, &plain), Ok(false), "new object");
+        assert_eq!(ownership(None, &plain).ok(), Some(false), "new object");
         assert_eq!(
-            ownership(Some(&live("applyset-ours-v1")), &plain),
-            Ok(false)
+            ownership(Some(&live("applyset-ours-v1")), &plain).ok(),
+            Some(false)
         );
-        let refused = ownership(Some(&live("applyset-theirs-v1")), &plain).expect_err("refused");
+        let refused = ownership(Some(&live("applyset-theirs-v1")), &plain)
+            .expect_err("refused")
+            .to_string();
         assert!(
             refused.contains("applyset-theirs-v1") && refused.contains("applyset-ours-v1"),
             "{refused}"
         );
         let adopting = desired(json!({ADOPT_ANNOTATION: "true"}));
         assert_eq!(
-            ownership(Some(&live("applyset-theirs-v1")), &adopting),
-            Ok(true)
+            ownership(Some(&live("applyset-theirs-v1")), &adopting).ok(),
+            Some(true)
         );
     }
 

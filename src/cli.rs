@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::api::PropagationPolicy;
 
+use crate::apply::ApplyOptions;
 use crate::duration::parse_duration;
-use crate::source::{Auth, GitRef, SourceSpec};
-use crate::sync::{ObjectResult, SyncOptions, SyncReport};
+use crate::source::{Auth, GitRef, SourceError, SourceSpec};
+use crate::sync::{Action, Clients, PrunePolicy, SyncOptions, SyncReport, Target};
 use crate::telemetry::LogFormat;
 
 /// kubesync keeps a Kubernetes cluster in step with manifests in Git, using server-side apply and
@@ -84,6 +85,13 @@ pub struct SourceArgs {
     /// Where fetched repositories are cached.
     #[arg(long, env = "KUBESYNC_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Which cluster: a kubeconfig and its context.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
     /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -98,6 +106,8 @@ pub struct SyncArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub apply: ApplyArgs,
+    #[command(flatten)]
+    pub prune_args: PruneArgs,
     /// Delete objects that left Git (the default).
     #[arg(long, overrides_with = "no_prune")]
     pub prune: bool,
@@ -126,6 +136,25 @@ pub struct ApplyArgs {
     /// Take over fields other managers own (Git wins). With false, conflicts fail and name the manager.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub force_conflicts: bool,
+    /// Requests in flight at once within one apply stage, and deletes within one prune stage.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+impl From<&ApplyArgs> for ApplyOptions {
+    fn from(args: &ApplyArgs) -> ApplyOptions {
+        ApplyOptions {
+            field_manager: args.field_manager.clone(),
+            force_conflicts: args.force_conflicts,
+            concurrency: args.concurrency.max(1),
+            ..ApplyOptions::default()
+        }
+    }
+}
+
+/// The guards and reach of a prune.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
     /// Refuse to prune more objects than this (default: 25 % of managed objects, at least 10).
     #[arg(long)]
     pub max_prune: Option<usize>,
@@ -138,9 +167,21 @@ pub struct ApplyArgs {
     /// How dependents of pruned objects are deleted.
     #[arg(long, value_enum, default_value_t = Propagation::Background)]
     pub prune_propagation: Propagation,
-    /// Requests in flight at once within one apply stage, and deletes within one prune stage.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+}
+
+impl From<&PruneArgs> for PrunePolicy {
+    fn from(args: &PruneArgs) -> PrunePolicy {
+        PrunePolicy {
+            enabled: true,
+            max: args.max_prune,
+            allow_empty: args.allow_empty,
+            prune_data: args.prune_data,
+            propagation: match args.prune_propagation {
+                Propagation::Background => PropagationPolicy::Background,
+                Propagation::Foreground => PropagationPolicy::Foreground,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -149,6 +190,8 @@ pub struct DiffArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub apply: ApplyArgs,
+    #[command(flatten)]
+    pub prune_args: PruneArgs,
     /// Leave out objects that a sync would prune.
     #[arg(long)]
     pub no_prune: bool,
@@ -201,12 +244,8 @@ pub struct ControllerArgs {
     /// This replica's name in the Lease and in Events. Default: $POD_NAME, else host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// kubeconfig context.
-    #[arg(long, env = "KUBESYNC_CONTEXT")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,6 +260,42 @@ pub enum Propagation {
     Foreground,
 }
 
+/// Why a command could not run (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("reading kubeconfig {path}: {source}")]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("loading kubeconfig: {0}")]
+    LoadKubeconfig(#[source] kube::config::KubeconfigError),
+    #[error("finding a cluster (kubeconfig or in-cluster): {0}")]
+    InferConfig(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("reading {what} file {path}: {source}")]
+    SecretFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--renew-deadline ({renew:?}) must be shorter than --lease-duration ({lease:?})")]
+    LeaseTimes { renew: Duration, lease: Duration },
+    #[error("{0}")]
+    Fetch(#[from] SourceError),
+    #[error("rendering the CRD: {0}")]
+    Crd(#[from] serde_saphyr::ser::Error),
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("writing the output as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Controller(#[from] crate::controller::ProcessError),
+}
+
 /// Runs the parsed command and maps its outcome to the process exit status.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
@@ -232,25 +307,22 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Diff(args) => run_diff(args).await,
         Command::Render(args) => run_render(args).await,
         Command::Controller(args) => run_controller(args).await,
-        Command::Crd => match crate::crd::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => Err(anyhow::anyhow!("rendering the CRD: {e}")),
-        },
+        Command::Crd => crate::crd::crd_yaml().map_err(CliError::from).map(|yaml| {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
 }
 
 struct Prepared {
-    client: kube::Client,
+    clients: Clients,
     spec: SourceSpec,
     cache_dir: PathBuf,
     options: SyncOptions,
@@ -258,46 +330,42 @@ struct Prepared {
 
 /// The client configuration: `--kubeconfig`, `--context`, else $KUBECONFIG, ~/.kube/config or
 /// the pod's service account.
-async fn kube_config(
-    kubeconfig: Option<&PathBuf>,
-    context: Option<&String>,
-) -> anyhow::Result<kube::Config> {
-    use anyhow::Context;
+async fn kube_config(cluster: &ClusterArgs) -> Result<kube::Config, CliError> {
+    let (kubeconfig, context) = (cluster.kubeconfig.as_ref(), cluster.context.as_ref());
     let kube_options = kube::config::KubeConfigOptions {
         context: context.cloned(),
         ..Default::default()
     };
     let config = match kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                CliError::ReadKubeconfig {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &kube_options)
                 .await
-                .context("loading kubeconfig")?
+                .map_err(CliError::LoadKubeconfig)?
         }
         None if context.is_some() => kube::Config::from_kubeconfig(&kube_options)
             .await
-            .context("loading kubeconfig")?,
-        None => kube::Config::infer()
-            .await
-            .context("finding a cluster (kubeconfig or in-cluster)")?,
+            .map_err(CliError::LoadKubeconfig)?,
+        None => kube::Config::infer().await.map_err(CliError::InferConfig)?,
     };
     Ok(config)
 }
 
-async fn run_controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
+async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
     if args.leader_election && args.renew_deadline >= args.lease_duration {
-        anyhow::bail!(
-            "--renew-deadline ({:?}) must be shorter than --lease-duration ({:?})",
-            args.renew_deadline,
-            args.lease_duration
-        );
+        return Err(CliError::LeaseTimes {
+            renew: args.renew_deadline,
+            lease: args.lease_duration,
+        });
     }
-    let config = kube_config(args.kubeconfig.as_ref(), args.context.as_ref()).await?;
+    let config = kube_config(&args.cluster).await?;
     let default_namespace = config.default_namespace.clone();
-    let client =
-        kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let client = kube::Client::try_from(config.clone()).map_err(CliError::Client)?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -333,70 +401,89 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn prepare(source: &SourceArgs, apply: &ApplyArgs) -> anyhow::Result<Prepared> {
-    use anyhow::Context;
-    let config = kube_config(source.kubeconfig.as_ref(), source.context.as_ref()).await?;
+/// Reads a file that holds a secret (passphrase, password), without its final newline.
+fn read_secret(path: Option<&PathBuf>, what: &'static str) -> Result<Option<String>, CliError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::SecretFile {
+        what,
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+impl SourceArgs {
+    fn spec(&self) -> Result<SourceSpec, CliError> {
+        Ok(SourceSpec {
+            url: self.repo.clone(),
+            reference: GitRef::parse(&self.reference),
+            auth: Auth {
+                ssh_key: self.ssh_key.clone(),
+                ssh_passphrase: read_secret(self.ssh_passphrase_file.as_ref(), "SSH passphrase")?,
+                known_hosts: self.known_hosts.clone(),
+                username: self.username.clone(),
+                password: read_secret(self.password_file.as_ref(), "password")?,
+            },
+            timeout: self.fetch_timeout,
+        })
+    }
+
+    /// The target in `namespace` (the flag's, else the kubeconfig's).
+    fn target(&self, namespace: &str) -> Target {
+        Target {
+            name: self.name.clone(),
+            default_namespace: namespace.into(),
+            paths: match self.paths.is_empty() {
+                true => vec![".".into()],
+                false => self.paths.clone(),
+            },
+            parent: self
+                .gitsync
+                .then(|| crate::applyset::Parent::git_sync(&self.name, namespace)),
+        }
+    }
+}
+
+async fn prepare(
+    source: &SourceArgs,
+    apply: ApplyOptions,
+    prune: PrunePolicy,
+) -> Result<Prepared, CliError> {
+    let config = kube_config(&source.cluster).await?;
     let namespace = source
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-    let read_secret = |path: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<String>> {
-        match path {
-            Some(p) => Ok(Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {what} file {}", p.display()))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            )),
-            None => Ok(None),
-        }
-    };
-    let spec = SourceSpec {
-        url: source.repo.clone(),
-        reference: GitRef::parse(&source.reference),
-        auth: Auth {
-            ssh_key: source.ssh_key.clone(),
-            ssh_passphrase: read_secret(&source.ssh_passphrase_file, "SSH passphrase")?,
-            known_hosts: source.known_hosts.clone(),
-            username: source.username.clone(),
-            password: read_secret(&source.password_file, "password")?,
-        },
-        timeout: source.fetch_timeout,
-    };
-    let mut options = SyncOptions::new(&source.name, &namespace);
-    if source.gitsync {
-        options.parent = Some(crate::applyset::Parent::git_sync(&source.name, &namespace));
-    }
-    if !source.paths.is_empty() {
-        options.paths = source.paths.clone();
-    }
-    options.field_manager = apply.field_manager.clone();
-    options.force_conflicts = apply.force_conflicts;
-    options.max_prune = apply.max_prune;
-    options.allow_empty = apply.allow_empty;
-    options.prune_data = apply.prune_data;
-    options.concurrency = apply.concurrency.max(1);
-    options.propagation = match apply.prune_propagation {
-        Propagation::Background => PropagationPolicy::Background,
-        Propagation::Foreground => PropagationPolicy::Foreground,
+    let client = kube::Client::try_from(config).map_err(CliError::Client)?;
+    let options = SyncOptions {
+        target: source.target(&namespace),
+        apply,
+        prune,
+        wait: None,
+        stop: None,
     };
     let cache_dir = source
         .cache_dir
         .clone()
         .unwrap_or_else(crate::sync::default_cache_dir);
     Ok(Prepared {
-        client,
-        spec,
+        clients: Clients::from(&client),
+        spec: source.spec()?,
         cache_dir,
         options,
     })
 }
 
-async fn run_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
-    let mut p = prepare(&args.source, &args.apply).await?;
-    p.options.prune = !args.no_prune;
-    p.options.dry_run = args.dry_run;
+async fn run_sync(args: SyncArgs) -> Result<ExitCode, CliError> {
+    let apply = ApplyOptions {
+        dry_run: args.dry_run,
+        ..ApplyOptions::from(&args.apply)
+    };
+    let prune = PrunePolicy {
+        enabled: !args.no_prune,
+        ..PrunePolicy::from(&args.prune_args)
+    };
+    let mut p = prepare(&args.source, apply, prune).await?;
     p.options.wait = args.wait.then_some(args.timeout);
     if std::io::stderr().is_terminal() {
         eprintln!(
@@ -405,7 +492,7 @@ async fn run_sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             args.source.reference
         );
     }
-    let report = crate::sync::sync_source(&p.client, &p.spec, &p.cache_dir, &p.options).await;
+    let report = crate::sync::sync_source(&p.clients, &p.spec, &p.cache_dir, &p.options).await;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => print_text(&report)?,
@@ -423,18 +510,16 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
     let suffix = if report.dry_run { " (dry run)" } else { "" };
     for o in &report.objects {
         let what = match &o.result {
-            ObjectResult::Created => "created".to_string(),
-            ObjectResult::Configured if o.drift_corrected => {
-                "configured (drift corrected)".to_string()
-            }
-            ObjectResult::Configured => "configured".to_string(),
-            ObjectResult::Unchanged => "unchanged".to_string(),
-            ObjectResult::Recreated => "recreated".to_string(),
-            ObjectResult::Adopted => "adopted".to_string(),
-            ObjectResult::Pruned => "pruned".to_string(),
-            ObjectResult::Kept(r) => format!("kept ({r})"),
-            ObjectResult::Skipped(r) => format!("skipped ({r})"),
-            ObjectResult::Failed(r) => format!("failed: {r}"),
+            Action::Created => "created".to_string(),
+            Action::Configured if o.drift_corrected => "configured (drift corrected)".to_string(),
+            Action::Configured => "configured".to_string(),
+            Action::Unchanged => "unchanged".to_string(),
+            Action::Recreated => "recreated".to_string(),
+            Action::Adopted => "adopted".to_string(),
+            Action::Pruned => "pruned".to_string(),
+            Action::Kept(r) => format!("kept ({r})"),
+            Action::Skipped(r) => format!("skipped ({r})"),
+            Action::Failed(r) => format!("failed: {r}"),
         };
         writeln!(out, "{} {what}{suffix}", o.object)?;
     }
@@ -520,11 +605,17 @@ pub fn mask_secret_values(
     (before, after)
 }
 
-async fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let mut p = prepare(&args.source, &args.apply).await?;
-    p.options.dry_run = true;
-    p.options.prune = !args.no_prune;
-    let report = crate::sync::sync_source(&p.client, &p.spec, &p.cache_dir, &p.options).await;
+async fn run_diff(args: DiffArgs) -> Result<ExitCode, CliError> {
+    let apply = ApplyOptions {
+        dry_run: true,
+        ..ApplyOptions::from(&args.apply)
+    };
+    let prune = PrunePolicy {
+        enabled: !args.no_prune,
+        ..PrunePolicy::from(&args.prune_args)
+    };
+    let p = prepare(&args.source, apply, prune).await?;
+    let report = crate::sync::sync_source(&p.clients, &p.spec, &p.cache_dir, &p.options).await;
     if !report.succeeded() {
         for e in &report.errors {
             eprintln!("error: {e}");
@@ -560,21 +651,16 @@ async fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run_render(render: RenderArgs) -> anyhow::Result<ExitCode> {
+async fn run_render(render: RenderArgs) -> Result<ExitCode, CliError> {
     let args_show_secrets = render.show_secrets;
-    let args = render.source;
-    let apply = ApplyArgs {
-        field_manager: crate::FIELD_MANAGER.into(),
-        force_conflicts: true,
-        max_prune: None,
-        allow_empty: false,
-        prune_data: false,
-        prune_propagation: Propagation::Background,
-        concurrency: 1,
-    };
-    let p = prepare(&args, &apply).await?;
+    let p = prepare(
+        &render.source,
+        ApplyOptions::default(),
+        PrunePolicy::default(),
+    )
+    .await?;
     let checkout = crate::source::fetch(&p.spec, &p.cache_dir).await?;
-    match crate::sync::render(&p.client, &checkout, &p.options).await {
+    match crate::sync::render(&p.clients.apply, &checkout, &p.options).await {
         Ok(objects) => {
             let mut out = std::io::stdout().lock();
             for o in objects {

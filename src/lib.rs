@@ -15,6 +15,7 @@ pub mod lease;
 pub mod manifests;
 pub mod memory;
 pub mod metrics;
+pub mod outcome;
 pub mod plan;
 pub mod prune;
 pub mod source;

@@ -9,9 +9,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
-use crate::sync::{ObjectResult, SyncReport};
+use crate::sync::{Step, SyncReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncLabels {
@@ -70,6 +70,13 @@ pub struct BlockedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub sync: String,
+    /// The step that failed first (`Step::as_str`).
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub sync: String,
     pub revision: String,
@@ -78,6 +85,7 @@ pub struct SourceLabels {
 pub struct Metrics {
     pub registry: Registry,
     runs: Family<RunLabels, Counter>,
+    failures: Family<StepLabels, Counter>,
     duration: Histograms,
     last_success: Family<SyncLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     managed: Family<SyncLabels, Gauge>,
@@ -96,6 +104,24 @@ pub struct Metrics {
 }
 
 type Histograms = Family<SyncLabels, Histogram, fn() -> Histogram>;
+
+/// A new metric, registered.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+fn registered_histogram(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    buckets: fn() -> Histogram,
+) -> Histograms {
+    let family = Histograms::new_with_constructor(buckets);
+    registry.register(name, help, family.clone());
+    family
+}
 
 fn sync_histogram() -> Histogram {
     Histogram::new(SYNC_BUCKETS.iter().copied())
@@ -121,100 +147,76 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let runs = Family::default();
-        registry.register("kubesync_sync_runs", "Syncs run, by result", runs.clone());
-        let duration = Histograms::new_with_constructor(sync_histogram);
-        registry.register(
-            "kubesync_sync_duration_seconds",
-            "Duration of a sync, fetch to prune",
-            duration.clone(),
-        );
-        let last_success = Family::default();
-        registry.register(
-            "kubesync_last_success_timestamp_seconds",
-            "Unix time of the last successful sync",
-            last_success.clone(),
-        );
-        let managed = Family::default();
-        registry.register(
-            "kubesync_managed_objects",
-            "Objects in the sync's ApplySet after its last sync",
-            managed.clone(),
-        );
-        let operations = Family::default();
-        registry.register(
-            "kubesync_apply_operations",
-            "Objects applied, by outcome",
-            operations.clone(),
-        );
-        let pruned = Family::default();
-        registry.register("kubesync_pruned_objects", "Objects pruned", pruned.clone());
-        let prune_blocked = Family::default();
-        registry.register(
-            "kubesync_prune_blocked",
-            "Syncs whose prune a guard stopped, by reason",
-            prune_blocked.clone(),
-        );
-        let drift_corrected = Family::default();
-        registry.register(
-            "kubesync_drift_corrected",
-            "Objects whose live state differed from Git and were corrected",
-            drift_corrected.clone(),
-        );
-        let unhealthy = Family::default();
-        registry.register(
-            "kubesync_unhealthy_objects",
-            "Applied objects not healthy after the last sync",
-            unhealthy.clone(),
-        );
-        let fetch_duration = Histograms::new_with_constructor(fetch_histogram);
-        registry.register(
-            "kubesync_git_fetch_duration_seconds",
-            "Duration of the Git fetch (ls-remote included)",
-            fetch_duration.clone(),
-        );
-        let fetch_failures = Family::default();
-        registry.register(
-            "kubesync_git_fetch_failures",
-            "Failed Git fetches",
-            fetch_failures.clone(),
-        );
-        let source_info = Family::default();
-        registry.register(
-            "kubesync_source_info",
-            "The revision last synced (value 1; one series per sync)",
-            source_info.clone(),
-        );
-        let suspended = Family::default();
-        registry.register(
-            "kubesync_suspended",
-            "1 when the GitSync is suspended",
-            suspended.clone(),
-        );
-        let commit_to_applied = Histograms::new_with_constructor(latency_histogram);
-        registry.register(
-            "kubesync_commit_to_applied_seconds",
-            "From the commit's committer time to the end of the sync that first applied it",
-            commit_to_applied.clone(),
-        );
+        let mut r = Registry::default();
         Metrics {
-            registry,
-            runs,
-            duration,
-            last_success,
-            managed,
-            operations,
-            pruned,
-            prune_blocked,
-            drift_corrected,
-            unhealthy,
-            fetch_duration,
-            fetch_failures,
-            source_info,
-            suspended,
-            commit_to_applied,
+            runs: registered(&mut r, "kubesync_sync_runs", "Syncs run, by result"),
+            failures: registered(
+                &mut r,
+                "kubesync_sync_failures",
+                "Failed syncs, by the step that failed first",
+            ),
+            duration: registered_histogram(
+                &mut r,
+                "kubesync_sync_duration_seconds",
+                "Duration of a sync, fetch to prune",
+                sync_histogram,
+            ),
+            last_success: registered(
+                &mut r,
+                "kubesync_last_success_timestamp_seconds",
+                "Unix time of the last successful sync",
+            ),
+            managed: registered(
+                &mut r,
+                "kubesync_managed_objects",
+                "Objects in the sync's ApplySet after its last sync",
+            ),
+            operations: registered(
+                &mut r,
+                "kubesync_apply_operations",
+                "Objects applied, by outcome",
+            ),
+            pruned: registered(&mut r, "kubesync_pruned_objects", "Objects pruned"),
+            prune_blocked: registered(
+                &mut r,
+                "kubesync_prune_blocked",
+                "Syncs whose prune a guard stopped, by reason",
+            ),
+            drift_corrected: registered(
+                &mut r,
+                "kubesync_drift_corrected",
+                "Objects whose live state differed from Git and were corrected",
+            ),
+            unhealthy: registered(
+                &mut r,
+                "kubesync_unhealthy_objects",
+                "Applied objects not healthy after the last sync",
+            ),
+            fetch_duration: registered_histogram(
+                &mut r,
+                "kubesync_git_fetch_duration_seconds",
+                "Duration of the Git fetch (ls-remote included)",
+                fetch_histogram,
+            ),
+            fetch_failures: registered(&mut r, "kubesync_git_fetch_failures", "Failed Git fetches"),
+            source_info: registered(
+                &mut r,
+                "kubesync_source_info",
+                "The revision last synced (value 1; one series per sync)",
+            ),
+            suspended: registered(
+                &mut r,
+                "kubesync_suspended",
+                "1 when the GitSync is suspended",
+            ),
+            commit_to_applied: registered_histogram(
+                &mut r,
+                "kubesync_commit_to_applied_seconds",
+                "From the commit's committer time to the end of the sync that first applied it",
+                latency_histogram,
+            ),
             revisions: Mutex::new(HashMap::new()),
+            registry: r,
         }
     }
 
@@ -228,10 +230,18 @@ impl Metrics {
         first_apply_of_revision: bool,
     ) {
         let labels = SyncLabels { sync: sync.into() };
-        let result = if report.succeeded() {
-            RunResult::success
-        } else {
-            RunResult::failure
+        let result = match report.failure {
+            None => RunResult::success,
+            Some(step) => {
+                let step = step.as_str();
+                self.failures
+                    .get_or_create(&StepLabels {
+                        sync: sync.into(),
+                        step,
+                    })
+                    .inc();
+                RunResult::failure
+            }
         };
         self.runs
             .get_or_create(&RunLabels {
@@ -247,16 +257,30 @@ impl Metrics {
                 .get_or_create(&labels)
                 .observe(fetch.as_secs_f64());
         }
-        if report.failure == Some("source") {
+        if report.failure == Some(Step::Source) {
             self.fetch_failures.get_or_create(&labels).inc();
+        } else {
+            self.unhealthy
+                .get_or_create(&labels)
+                .set(report.summary.unhealthy as i64);
         }
+        self.record_change_set(sync, report);
+        if report.succeeded() {
+            self.record_success(sync, report, managed, first_apply_of_revision);
+        }
+    }
+
+    /// The counts of the change set, and why a prune did not run.
+    fn record_change_set(&self, sync: &str, report: &SyncReport) {
+        let labels = SyncLabels { sync: sync.into() };
+        let s = &report.summary;
         for (op, count) in [
-            (Operation::created, report.summary.created),
-            (Operation::configured, report.summary.configured),
-            (Operation::unchanged, report.summary.unchanged),
-            (Operation::recreated, report.summary.recreated),
-            (Operation::adopted, report.summary.adopted),
-            (Operation::failed, report.summary.failed),
+            (Operation::created, s.created),
+            (Operation::configured, s.configured),
+            (Operation::unchanged, s.unchanged),
+            (Operation::recreated, s.recreated),
+            (Operation::adopted, s.adopted),
+            (Operation::failed, s.failed),
         ] {
             let counter = self.operations.get_or_create(&OperationLabels {
                 sync: sync.into(),
@@ -264,12 +288,7 @@ impl Metrics {
             });
             counter.inc_by(count as u64);
         }
-        let pruned = report
-            .objects
-            .iter()
-            .filter(|o| o.result == ObjectResult::Pruned)
-            .count();
-        self.pruned.get_or_create(&labels).inc_by(pruned as u64);
+        self.pruned.get_or_create(&labels).inc_by(s.pruned as u64);
         if let Some(blocked) = &report.prune_blocked {
             self.prune_blocked
                 .get_or_create(&BlockedLabels {
@@ -280,29 +299,27 @@ impl Metrics {
         }
         self.drift_corrected
             .get_or_create(&labels)
-            .inc_by(report.summary.drift_corrected as u64);
-        if report.failure != Some("source") {
-            self.unhealthy
-                .get_or_create(&labels)
-                .set(report.summary.unhealthy as i64);
-        }
-        if report.succeeded() {
-            self.managed.get_or_create(&labels).set(managed);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            self.last_success.get_or_create(&labels).set(now);
-            if let Some(revision) = &report.revision {
-                self.set_revision(sync, revision);
-                if first_apply_of_revision && let Some(commit_time) = report.commit_time {
-                    let latency = now - commit_time as f64;
-                    if latency >= 0.0 {
-                        self.commit_to_applied
-                            .get_or_create(&labels)
-                            .observe(latency);
-                    }
-                }
+            .inc_by(s.drift_corrected as u64);
+    }
+
+    fn record_success(&self, sync: &str, report: &SyncReport, managed: i64, first_apply: bool) {
+        let labels = SyncLabels { sync: sync.into() };
+        self.managed.get_or_create(&labels).set(managed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.last_success.get_or_create(&labels).set(now);
+        let Some(revision) = &report.revision else {
+            return;
+        };
+        self.set_revision(sync, revision);
+        if first_apply && let Some(commit_time) = report.commit_time {
+            let latency = now - commit_time as f64;
+            if latency >= 0.0 {
+                self.commit_to_applied
+                    .get_or_create(&labels)
+                    .observe(latency);
             }
         }
     }
@@ -381,6 +398,12 @@ impl Metrics {
                 op,
             });
         }
+        for step in Step::ALL {
+            self.failures.remove(&StepLabels {
+                sync: sync.into(),
+                step: step.as_str(),
+            });
+        }
         for reason in crate::sync::PruneBlocked::CATEGORIES {
             self.prune_blocked.remove(&BlockedLabels {
                 sync: sync.into(),
@@ -417,8 +440,8 @@ mod tests {
     #[test]
     fn a_sync_shows_up_with_bounded_labels() {
         let metrics = Metrics::new();
-        let report = SyncReport {
-            revision: Some("abc123".into()),
+        let report = |revision: &str| SyncReport {
+            revision: Some(revision.into()),
             summary: Summary {
                 created: 2,
                 unchanged: 3,
@@ -426,10 +449,8 @@ mod tests {
             },
             ..Default::default()
         };
-        metrics.record_sync("apps/web", &report, 5, true);
-        let mut next = report.clone();
-        next.revision = Some("def456".into());
-        metrics.record_sync("apps/web", &next, 5, true);
+        metrics.record_sync("apps/web", &report("abc123"), 5, true);
+        metrics.record_sync("apps/web", &report("def456"), 5, true);
         let text = metrics.encode();
         assert!(
             text.contains(r#"kubesync_sync_runs_total{sync="apps/web",result="success"} 2"#),
@@ -453,12 +474,11 @@ mod tests {
     #[test]
     fn a_failed_fetch_counts_as_failure_and_keeps_the_last_success() {
         let metrics = Metrics::new();
-        let report = SyncReport {
-            failure: Some("source"),
-            errors: vec!["fetch failed".into()],
-            prune_blocked: Some(crate::sync::PruneBlocked::Failure),
-            ..Default::default()
+        let fetch_failed = crate::source::SourceError::Timeout {
+            url: "https://example.org/r.git".into(),
+            timeout: std::time::Duration::from_secs(1),
         };
+        let report = SyncReport::failed("web", crate::sync::SyncError::from(fetch_failed));
         metrics.record_sync("apps/web", &report, 0, false);
         let text = metrics.encode();
         assert!(text.contains(r#"kubesync_sync_runs_total{sync="apps/web",result="failure"} 1"#));
@@ -468,5 +488,9 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("kubesync_last_success_timestamp_seconds{"));
+        assert!(
+            text.contains(r#"kubesync_sync_failures_total{sync="apps/web",step="source"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -353,6 +353,13 @@ pub struct DeferredObject {
 }
 
 impl DeferredObject {
+    pub fn group_kind(&self) -> GroupKind {
+        GroupKind {
+            group: self.manifest.group().into(),
+            kind: self.manifest.kind.clone(),
+        }
+    }
+
     /// The object as it will be sent once its CRD is served, assuming what the CRD in the same
     /// sync says about it (for `render`, and for dry runs, which cannot create the CRD).
     pub fn assumed(&self, ctx: &PlanContext) -> PlannedObject {
@@ -456,25 +463,18 @@ pub struct Plan {
 impl Plan {
     /// Group-kinds and namespaces of everything planned (deferred objects included), for the
     /// ApplySet parent.
-    pub fn footprint(&self) -> (BTreeSet<GroupKind>, BTreeSet<String>) {
-        let mut gks = BTreeSet::new();
-        let mut namespaces = BTreeSet::new();
-        for o in &self.objects {
-            gks.insert(o.key.group_kind());
-            if let Some(ns) = &o.key.namespace {
-                namespaces.insert(ns.clone());
-            }
-        }
-        for d in &self.deferred {
-            gks.insert(GroupKind {
-                group: d.manifest.group().into(),
-                kind: d.manifest.kind.clone(),
-            });
-            if let Some(ns) = &d.namespace {
-                namespaces.insert(ns.clone());
-            }
-        }
-        (gks, namespaces)
+    /// The group-kind and namespace of every object the plan can touch, deferred custom resources
+    /// included (the ApplySet footprint is built from these).
+    pub fn touches(&self) -> impl Iterator<Item = (GroupKind, Option<&str>)> {
+        let planned = self
+            .objects
+            .iter()
+            .map(|o| (o.key.group_kind(), o.key.namespace.as_deref()));
+        let deferred = self
+            .deferred
+            .iter()
+            .map(|d| (d.group_kind(), d.namespace.as_deref()));
+        planned.chain(deferred)
     }
 }
 
@@ -849,7 +849,7 @@ mod tests {
         );
         assert!(plan.errors.is_empty(), "{:?}", plan.errors);
         assert_eq!(plan.deferred[0].namespace.as_deref(), Some("lonely"));
-        let (_, namespaces) = plan.footprint();
+        let namespaces: BTreeSet<&str> = plan.touches().filter_map(|(_, ns)| ns).collect();
         assert!(namespaces.contains("lonely"), "{namespaces:?}");
     }
 
@@ -905,7 +905,7 @@ mod tests {
         assert!(plan.errors.is_empty(), "{:?}", plan.errors);
         assert_eq!(plan.objects.len(), 1);
         assert_eq!(plan.deferred.len(), 1);
-        let (gks, _) = plan.footprint();
+        let gks: BTreeSet<GroupKind> = plan.touches().map(|(gk, _)| gk).collect();
         assert!(gks.contains(&GroupKind {
             group: "example.io".into(),
             kind: "Widget".into()

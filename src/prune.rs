@@ -11,40 +11,122 @@ use kube::api::{
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::apply::ApplyOptions;
 use crate::applyset::LiveObject;
 use crate::kube_ext::{applied_by, dynamic_api};
+use crate::outcome::Action;
 use crate::plan::{ObjectKey, PART_OF_LABEL};
 
 pub const PRUNE_ANNOTATION: &str = "kubesync.dev/prune";
 
+/// What the user allows a prune to do.
 #[derive(Clone, Debug)]
-pub struct PruneOptions {
-    pub field_manager: String,
-    pub dry_run: bool,
+pub struct PrunePolicy {
+    /// Delete what left Git at all (`--no-prune`, `spec.prune: false`).
+    pub enabled: bool,
+    /// Refuse to prune more than this many objects (None: 25 % of managed, at least 10).
+    pub max: Option<usize>,
+    /// Allow a prune when Git holds no objects at all.
+    pub allow_empty: bool,
     /// Also delete Namespaces, PVCs, PVs and CRDs.
     pub prune_data: bool,
     pub propagation: PropagationPolicy,
-    /// Deletes in flight at once within one stage.
-    pub concurrency: usize,
 }
 
+impl Default for PrunePolicy {
+    fn default() -> Self {
+        PrunePolicy {
+            enabled: true,
+            max: None,
+            allow_empty: false,
+            prune_data: false,
+            propagation: PropagationPolicy::Background,
+        }
+    }
+}
+
+impl PrunePolicy {
+    /// The guards on the size of a prune: Git became empty, or too much would go. `managed`:
+    /// objects in the set now; `leaving`: objects that left Git; `wanted`: objects Git holds.
+    pub fn guard(&self, managed: usize, leaving: usize, wanted: usize) -> Option<PruneBlocked> {
+        if leaving == 0 {
+            return None;
+        }
+        if wanted == 0 && !self.allow_empty {
+            return Some(PruneBlocked::EmptySource);
+        }
+        let limit = self.max.unwrap_or_else(|| (managed / 4).max(10));
+        (leaving > limit).then(|| {
+            PruneBlocked::TooMany(format!(
+                "{leaving} objects would be deleted, the limit is {limit}"
+            ))
+        })
+    }
+}
+
+/// Why a prune did not run.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase", tag = "action", content = "reason")]
-pub enum PruneAction {
-    Pruned,
-    /// Left in the cluster and released from the set.
-    Kept(String),
-    /// Left alone: not provably ours.
-    Skipped(String),
-    /// Already deleted by someone else between the inventory and the delete (404).
-    Gone,
-    Failed(String),
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+pub enum PruneBlocked {
+    /// Prune disabled by the user.
+    Disabled,
+    /// Something failed earlier in this sync.
+    Failure,
+    /// Some group-kind could not be listed (incomplete discovery or inventory).
+    IncompleteInventory(String),
+    /// Git holds no objects at all (--allow-empty overrides).
+    EmptySource,
+    /// More objects would go than --max-prune allows.
+    TooMany(String),
+}
+
+impl PruneBlocked {
+    /// Every value of [`PruneBlocked::category`].
+    pub const CATEGORIES: [&'static str; 5] = [
+        "disabled",
+        "failure",
+        "incomplete_inventory",
+        "empty_source",
+        "too_many",
+    ];
+
+    /// Fixed label value for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            PruneBlocked::Disabled => "disabled",
+            PruneBlocked::Failure => "failure",
+            PruneBlocked::IncompleteInventory(_) => "incomplete_inventory",
+            PruneBlocked::EmptySource => "empty_source",
+            PruneBlocked::TooMany(_) => "too_many",
+        }
+    }
+}
+
+impl std::fmt::Display for PruneBlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PruneBlocked::Disabled => write!(f, "prune is disabled"),
+            PruneBlocked::Failure => write!(f, "not pruning: this sync had failures"),
+            PruneBlocked::IncompleteInventory(d) => {
+                write!(f, "not pruning: the inventory is incomplete ({d})")
+            }
+            PruneBlocked::EmptySource => write!(
+                f,
+                "not pruning: the source holds no objects (use --allow-empty to prune everything)"
+            ),
+            PruneBlocked::TooMany(d) => {
+                write!(f, "not pruning: {d} (raise --max-prune to allow it)")
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct PruneOutcome {
     pub key: ObjectKey,
-    pub action: PruneAction,
+    pub action: Action,
+    /// The object is still in the set afterwards (skipped as not ours, or the delete failed).
+    pub left_in_set: bool,
 }
 
 /// Kinds that hold data or everything else: never deleted by default.
@@ -62,12 +144,12 @@ pub fn is_protected_kind(key: &ObjectKey) -> bool {
 pub fn decide(
     key: &ObjectKey,
     object: &DynamicObject,
-    options: &PruneOptions,
-) -> Result<(), PruneAction> {
-    if !applied_by(object, &options.field_manager) {
-        return Err(PruneAction::Skipped(format!(
-            "carries the ApplySet label but was not applied by field manager {}",
-            options.field_manager
+    policy: &PrunePolicy,
+    field_manager: &str,
+) -> Result<(), Action> {
+    if !applied_by(object, field_manager) {
+        return Err(Action::Skipped(format!(
+            "carries the ApplySet label but was not applied by field manager {field_manager}"
         )));
     }
     if let Some(owner) = object
@@ -75,7 +157,7 @@ pub fn decide(
         .iter()
         .find(|o| o.controller == Some(true))
     {
-        return Err(PruneAction::Skipped(format!(
+        return Err(Action::Skipped(format!(
             "controlled by {}/{}",
             owner.kind, owner.name
         )));
@@ -85,10 +167,10 @@ pub fn decide(
         .get(PRUNE_ANNOTATION)
         .map(String::as_str);
     if annotation == Some("disabled") {
-        return Err(PruneAction::Kept(format!("{PRUNE_ANNOTATION}: disabled")));
+        return Err(Action::Kept(format!("{PRUNE_ANNOTATION}: disabled")));
     }
-    if is_protected_kind(key) && !options.prune_data && annotation != Some("enabled") {
-        return Err(PruneAction::Kept(format!(
+    if is_protected_kind(key) && !policy.prune_data && annotation != Some("enabled") {
+        return Err(Action::Kept(format!(
             "protected kind; annotate {PRUNE_ANNOTATION}: enabled or pass --prune-data to delete it"
         )));
     }
@@ -110,11 +192,13 @@ pub fn prune_order(candidates: &mut [(ObjectKey, LiveObject)]) {
 }
 
 /// Deletes (or keeps) each candidate, in [`prune_order`]: one stage after another, the objects
-/// of one stage concurrently (at most `options.concurrency` at once), reported in order.
+/// of one stage concurrently (at most `apply.concurrency` at once), reported in order. Deletes are
+/// dry runs when `apply.dry_run` is.
 pub async fn prune(
     client: &Client,
     mut candidates: Vec<(ObjectKey, LiveObject)>,
-    options: &PruneOptions,
+    policy: &PrunePolicy,
+    apply: &ApplyOptions,
 ) -> Vec<PruneOutcome> {
     use futures::StreamExt;
     prune_order(&mut candidates);
@@ -131,9 +215,9 @@ pub async fn prune(
         let mut done: Vec<PruneOutcome> = futures::stream::iter(
             group
                 .into_iter()
-                .map(|(key, live)| prune_one(client, key, live, options)),
+                .map(|(key, live)| prune_one(client, key, live, policy, apply)),
         )
-        .buffer_unordered(options.concurrency.max(1))
+        .buffer_unordered(apply.concurrency.max(1))
         .collect()
         .await;
         done.sort_by(|a, b| a.key.cmp(&b.key));
@@ -146,42 +230,64 @@ async fn prune_one(
     client: &Client,
     key: ObjectKey,
     live: LiveObject,
-    options: &PruneOptions,
+    policy: &PrunePolicy,
+    apply: &ApplyOptions,
 ) -> PruneOutcome {
     let api = api_for(client, &live);
     let name = live.object.name_any();
-    let action = match decide(&key, &live.object, options) {
-        Err(PruneAction::Kept(reason)) if !options.dry_run => {
-            match release(&api, &name, &options.field_manager).await {
-                Ok(()) => PruneAction::Kept(reason),
-                Err(e) => PruneAction::Failed(format!(
-                    "releasing from the set: {}",
-                    crate::kube_ext::kube_message(&e)
-                )),
-            }
-        }
-        Err(other) => other,
-        Ok(()) => {
-            let mut dp = DeleteParams {
-                propagation_policy: Some(options.propagation.clone()),
-                ..Default::default()
-            };
-            dp.dry_run = options.dry_run;
-            dp.preconditions = Some(Preconditions {
-                uid: live.object.uid(),
-                resource_version: None,
-            });
-            match api.delete(&name, &dp).await {
-                Ok(_) => PruneAction::Pruned,
-                Err(kube::Error::Api(s)) if s.code == 404 => PruneAction::Gone,
-                Err(kube::Error::Api(s)) if s.code == 409 => PruneAction::Skipped(
-                    "replaced by another object with the same name (uid changed)".into(),
+    let (action, left_in_set) = match decide(&key, &live.object, policy, &apply.field_manager) {
+        Err(Action::Kept(reason)) if !apply.dry_run => {
+            match release(&api, &name, &apply.field_manager).await {
+                Ok(()) => (Action::Kept(reason), false),
+                Err(e) => (
+                    Action::Failed(format!(
+                        "releasing from the set: {}",
+                        crate::kube_ext::kube_message(&e)
+                    )),
+                    true,
                 ),
-                Err(e) => PruneAction::Failed(crate::kube_ext::kube_message(&e)),
             }
         }
+        Err(Action::Kept(reason)) => (Action::Kept(reason), false),
+        Err(other) => (other, true),
+        Ok(()) => delete(&api, &name, &live, policy, apply.dry_run).await,
     };
-    PruneOutcome { key, action }
+    PruneOutcome {
+        key,
+        action,
+        left_in_set,
+    }
+}
+
+/// Deletes one object, if it is still the one listed (uid precondition).
+async fn delete(
+    api: &Api<DynamicObject>,
+    name: &str,
+    live: &LiveObject,
+    policy: &PrunePolicy,
+    dry_run: bool,
+) -> (Action, bool) {
+    let mut dp = DeleteParams {
+        propagation_policy: Some(policy.propagation.clone()),
+        ..Default::default()
+    };
+    dp.dry_run = dry_run;
+    dp.preconditions = Some(Preconditions {
+        uid: live.object.uid(),
+        resource_version: None,
+    });
+    match api.delete(name, &dp).await {
+        Ok(_) => (Action::Pruned, false),
+        // Someone else deleted it first: it is not in the set any more, and not our prune.
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            (Action::Skipped("already deleted".into()), false)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => (
+            Action::Skipped("replaced by another object with the same name (uid changed)".into()),
+            true,
+        ),
+        Err(e) => (Action::Failed(crate::kube_ext::kube_message(&e)), true),
+    }
 }
 
 /// Removes the part-of label so a kept object leaves the set.
@@ -207,14 +313,8 @@ async fn release(
 mod tests {
     use super::*;
 
-    fn options() -> PruneOptions {
-        PruneOptions {
-            field_manager: "kubesync".into(),
-            dry_run: false,
-            prune_data: false,
-            propagation: PropagationPolicy::Background,
-            concurrency: 4,
-        }
+    fn options() -> PrunePolicy {
+        PrunePolicy::default()
     }
 
     fn object(extra_metadata: serde_json::Value, manager: &str) -> DynamicObject {
@@ -287,44 +387,94 @@ mod tests {
     fn only_our_unowned_unprotected_objects_are_pruned() {
         let o = options();
         assert_eq!(
-            decide(&key("ConfigMap"), &object(json!({}), "kubesync"), &o),
+            decide(
+                &key("ConfigMap"),
+                &object(json!({}), "kubesync"),
+                &o,
+                "kubesync"
+            ),
             Ok(())
         );
         assert!(matches!(
-            decide(&key("ConfigMap"), &object(json!({}), "kubectl"), &o),
-            Err(PruneAction::Skipped(_))
+            decide(
+                &key("ConfigMap"),
+                &object(json!({}), "kubectl"),
+                &o,
+                "kubesync"
+            ),
+            Err(Action::Skipped(_))
         ));
         let owned = object(
             json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}]}),
             "kubesync",
         );
         assert!(
-            matches!(decide(&key("ConfigMap"), &owned, &o), Err(PruneAction::Skipped(r)) if r.contains("ReplicaSet/rs"))
+            matches!(decide(&key("ConfigMap"), &owned, &o, "kubesync"), Err(Action::Skipped(r)) if r.contains("ReplicaSet/rs"))
         );
         let disabled = object(
             json!({"annotations": {PRUNE_ANNOTATION: "disabled"}}),
             "kubesync",
         );
         assert!(matches!(
-            decide(&key("ConfigMap"), &disabled, &o),
-            Err(PruneAction::Kept(_))
+            decide(&key("ConfigMap"), &disabled, &o, "kubesync"),
+            Err(Action::Kept(_))
         ));
         assert!(matches!(
-            decide(&key("Namespace"), &object(json!({}), "kubesync"), &o),
-            Err(PruneAction::Kept(_))
+            decide(
+                &key("Namespace"),
+                &object(json!({}), "kubesync"),
+                &o,
+                "kubesync"
+            ),
+            Err(Action::Kept(_))
         ));
         let enabled = object(
             json!({"annotations": {PRUNE_ANNOTATION: "enabled"}}),
             "kubesync",
         );
-        assert_eq!(decide(&key("PersistentVolumeClaim"), &enabled, &o), Ok(()));
-        let data = PruneOptions {
+        assert_eq!(
+            decide(&key("PersistentVolumeClaim"), &enabled, &o, "kubesync"),
+            Ok(())
+        );
+        let data = PrunePolicy {
             prune_data: true,
             ..options()
         };
         assert_eq!(
-            decide(&key("Namespace"), &object(json!({}), "kubesync"), &data),
+            decide(
+                &key("Namespace"),
+                &object(json!({}), "kubesync"),
+                &data,
+                "kubesync"
+            ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn prune_guards_stop_an_empty_source_and_large_prunes() {
+        let policy = PrunePolicy::default();
+        assert_eq!(policy.guard(12, 10, 1), None, "at least 10 may go");
+        assert!(matches!(
+            policy.guard(12, 11, 1),
+            Some(PruneBlocked::TooMany(d)) if d.contains("11 objects") && d.contains("limit is 10")
+        ));
+        assert_eq!(
+            policy.guard(100, 11, 1),
+            None,
+            "25 % of 100 managed objects"
+        );
+        assert_eq!(policy.guard(12, 10, 0), Some(PruneBlocked::EmptySource));
+        assert_eq!(
+            policy.guard(12, 0, 0),
+            None,
+            "nothing to prune, nothing to stop"
+        );
+        let allowed = PrunePolicy {
+            allow_empty: true,
+            max: Some(1000),
+            ..PrunePolicy::default()
+        };
+        assert_eq!(allowed.guard(12, 11, 0), None);
     }
 }

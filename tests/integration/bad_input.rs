@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use serde_json::Value;
 
-use crate::engine::configmap;
+use crate::support::manifests::configmap;
 use crate::support::{TestNamespace, repo_root};
 
 const CANARY: &str = "CANARY-s3cr3t-value";

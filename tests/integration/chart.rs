@@ -1,7 +1,7 @@
 //! The Helm chart: lint, render, hardening, monitoring toggles, and RBAC proven on the local
 //! control plane by running the controller with nothing but the chart's ServiceAccount token.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -9,9 +9,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use serde_json::{Value, json};
 
-use crate::controller::{ControllerProcess, create_gitsync, install_crd};
-use crate::engine::configmap;
-use crate::git::{GitDaemon, GitRepo};
+use crate::support::controller::{
+    ControllerProcess, create_gitsync, install_crd, token_kubeconfig,
+};
+use crate::support::git::{GitDaemon, GitRepo};
+use crate::support::manifests::configmap;
 use crate::support::{TestNamespace, eventually, repo_root, run};
 
 fn chart() -> PathBuf {
@@ -267,48 +269,6 @@ fn chart_lints_renders_its_toggles_and_is_hardened() {
             "{metric} is exported: {exported}"
         );
     }
-}
-
-/// A kubeconfig for the testbed that authenticates with `token` only.
-pub fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
-    let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
-    let server = run(Command::new("kubectl").args([
-        "config",
-        "view",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]));
-    let ca = run(Command::new("kubectl").args([
-        "config",
-        "view",
-        "--minify",
-        "--raw",
-        "-o",
-        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-    ]));
-    let ca_line = if ca.is_empty() {
-        let file = run(Command::new("kubectl").args([
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority}",
-        ]));
-        format!("certificate-authority: {file}")
-    } else {
-        format!("certificate-authority-data: {ca}")
-    };
-    let path = dir.join("sa.kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {server}\n    {ca_line}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: testbed, user: sa}}\ncurrent-context: sa\n"
-        ),
-    )
-    .expect("kubeconfig");
-    assert_ne!(path.display().to_string(), admin);
-    path
 }
 
 fn install_release(release: &str, ns: &str, sets: &[&str]) -> String {

@@ -11,10 +11,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use kube::{Api, ResourceExt};
-use kubesync::sync::ObjectResult;
+use kubesync::sync::Action;
 use serde_json::json;
 
-use crate::engine::{ManifestDir, configmap, result_of, sync_dir};
+use crate::support::manifests::{ManifestDir, configmap, result_of, sync_dir};
 use crate::support::{TestNamespace, eventually, output_text, sh, unique_name};
 
 const PART_OF: &str = "applyset.kubernetes.io/part-of";
@@ -43,15 +43,15 @@ async fn an_object_belongs_to_one_set_and_moves_only_when_adopted() {
     first.write("shared.yaml", &configmap("shared", "from-first"));
     let second = ManifestDir::new();
     second.write("shared.yaml", &configmap("shared", "from-second"));
-    let a = sync_dir(&ns, first.path(), |o| o.name = "first".into()).await;
+    let a = sync_dir(&ns, first.path(), |o| o.target.name = "first".into()).await;
     assert!(a.succeeded(), "{:?}", a.errors);
     let configmaps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     let owner = |cm: ConfigMap| cm.labels().get(PART_OF).cloned().unwrap_or_default();
     let first_id = owner(configmaps.get("shared").await.expect("shared"));
 
-    let b = sync_dir(&ns, second.path(), |o| o.name = "second".into()).await;
+    let b = sync_dir(&ns, second.path(), |o| o.target.name = "second".into()).await;
     assert!(!b.succeeded(), "the second set may not take the object");
-    let ObjectResult::Failed(reason) = result_of(&b, &cm_key(&ns, "shared")) else {
+    let Action::Failed(reason) = result_of(&b, &cm_key(&ns, "shared")) else {
         panic!("shared failed in the second set: {:#?}", b.objects)
     };
     let second_id = kubesync::applyset::Parent::secret("second", &ns.name).id();
@@ -71,11 +71,11 @@ async fn an_object_belongs_to_one_set_and_moves_only_when_adopted() {
         "shared.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  annotations: {kubesync.dev/adopt: \"true\"}\ndata:\n  key: from-second\n",
     );
-    let adopted = sync_dir(&ns, second.path(), |o| o.name = "second".into()).await;
+    let adopted = sync_dir(&ns, second.path(), |o| o.target.name = "second".into()).await;
     assert!(adopted.succeeded(), "{:?}", adopted.errors);
     assert_eq!(
         result_of(&adopted, &cm_key(&ns, "shared")),
-        &ObjectResult::Adopted
+        &Action::Adopted
     );
     assert_eq!(adopted.summary.adopted, 1);
     assert_eq!(
@@ -83,14 +83,14 @@ async fn an_object_belongs_to_one_set_and_moves_only_when_adopted() {
         second_id
     );
     // The first set now fails on it instead of taking it back, and never prunes it.
-    let again = sync_dir(&ns, first.path(), |o| o.name = "first".into()).await;
+    let again = sync_dir(&ns, first.path(), |o| o.target.name = "first".into()).await;
     assert!(matches!(
         result_of(&again, &cm_key(&ns, "shared")),
-        ObjectResult::Failed(_)
+        Action::Failed(_)
     ));
     first.remove("shared.yaml");
     first.write("other.yaml", &configmap("other", "x"));
-    let removed = sync_dir(&ns, first.path(), |o| o.name = "first".into()).await;
+    let removed = sync_dir(&ns, first.path(), |o| o.target.name = "first".into()).await;
     assert!(removed.succeeded(), "{:?}", removed.errors);
     assert!(
         configmaps.get_opt("shared").await.expect("get").is_some(),
@@ -112,8 +112,8 @@ YAML",
     let kubectl_id = owner(configmaps.get("kubectls").await.expect("kubectls"));
     assert!(kubectl_id.starts_with("applyset-"), "{kubectl_id}");
     first.write("kubectls.yaml", &configmap("kubectls", "from-first"));
-    let taken = sync_dir(&ns, first.path(), |o| o.name = "first".into()).await;
-    let ObjectResult::Failed(reason) = result_of(&taken, &cm_key(&ns, "kubectls")) else {
+    let taken = sync_dir(&ns, first.path(), |o| o.target.name = "first".into()).await;
+    let Action::Failed(reason) = result_of(&taken, &cm_key(&ns, "kubectls")) else {
         panic!("{:#?}", taken.objects)
     };
     assert!(reason.contains(&kubectl_id), "{reason}");
@@ -136,11 +136,11 @@ YAML",
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sneaky\n  labels: {{{PART_OF}: {first_id}}}\n"
         ),
     );
-    let refused = sync_dir(&ns, labelled.path(), |o| o.name = "third".into()).await;
+    let refused = sync_dir(&ns, labelled.path(), |o| o.target.name = "third".into()).await;
     assert!(!refused.succeeded());
     assert!(
         refused
-            .errors
+            .error_messages()
             .iter()
             .any(|e| e.contains("bad.yaml") && e.contains(PART_OF)),
         "{:?}",
@@ -313,8 +313,7 @@ async fn immutable_fields_are_named_and_recreated_on_request() {
 
     repo.write("svc.yaml", &service(&next_ip, false));
     let refused = sync_dir(&ns, repo.path(), |_| {}).await;
-    let ObjectResult::Failed(reason) = result_of(&refused, &format!("service/db -n {}", ns.name))
-    else {
+    let Action::Failed(reason) = result_of(&refused, &format!("service/db -n {}", ns.name)) else {
         panic!("{:#?}", refused.objects)
     };
     assert!(
@@ -328,11 +327,11 @@ async fn immutable_fields_are_named_and_recreated_on_request() {
     assert!(recreated.succeeded(), "{:?}", recreated.errors);
     assert_eq!(
         result_of(&recreated, &format!("service/db -n {}", ns.name)),
-        &ObjectResult::Recreated
+        &Action::Recreated
     );
     assert_eq!(
         result_of(&recreated, &format!("statefulset.apps/pg -n {}", ns.name)),
-        &ObjectResult::Recreated
+        &Action::Recreated
     );
     assert_eq!(recreated.summary.recreated, 2);
     let svc = Api::<Service>::namespaced(ns.client.clone(), &ns.name)
@@ -702,15 +701,15 @@ async fn prune_deletes_in_reverse_apply_order() {
         repo.remove(f);
     }
     let pruned = sync_dir(&ns, repo.path(), |o| {
-        o.prune_data = true;
-        o.max_prune = Some(10);
+        o.prune.prune_data = true;
+        o.prune.max = Some(10);
     })
     .await;
     assert!(pruned.succeeded(), "{:?}", pruned.errors);
     let order: Vec<&str> = pruned
         .objects
         .iter()
-        .filter(|o| o.result == ObjectResult::Pruned)
+        .filter(|o| o.result == Action::Pruned)
         .map(|o| o.object.split('/').next().unwrap_or_default())
         .collect();
     assert_eq!(

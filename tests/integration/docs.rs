@@ -125,7 +125,7 @@ fn metrics_reference_lists_every_metric_and_no_other() {
     metrics.record_sync("apps/web", &report, 1, true);
     metrics.set_suspended("apps/web", false);
     let failed = kubesync::sync::SyncReport {
-        failure: Some("source"),
+        failure: Some(kubesync::sync::Step::Source),
         ..Default::default()
     };
     metrics.record_sync("apps/web", &failed, 0, false);

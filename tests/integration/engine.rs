@@ -1,74 +1,13 @@
 //! The sync engine against the local control plane: apply, prune and its guards, drift, diff.
-use std::path::Path;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use kubesync::sync::{ObjectResult, PruneBlocked, SyncOptions, SyncReport};
+use kubesync::sync::{Action, PruneBlocked};
 use serde_json::json;
 
+use crate::support::manifests::{ManifestDir, configmap, result_of, sync_dir};
 use crate::support::{TestNamespace, repo_root};
-
-/// A directory of manifests that a test edits between syncs.
-pub struct ManifestDir {
-    pub dir: tempfile::TempDir,
-}
-
-impl ManifestDir {
-    pub fn new() -> Self {
-        ManifestDir {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    pub fn write(&self, path: &str, content: &str) -> &Self {
-        let full = self.dir.path().join(path);
-        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
-        std::fs::write(full, content).expect("write manifest");
-        self
-    }
-
-    pub fn remove(&self, path: &str) {
-        std::fs::remove_file(self.dir.path().join(path)).expect("remove manifest");
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-pub fn configmap(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  key: \"{value}\"\n"
-    )
-}
-
-pub async fn sync_dir(
-    ns: &TestNamespace,
-    dir: &Path,
-    tweak: impl FnOnce(&mut SyncOptions),
-) -> SyncReport {
-    let mut options = SyncOptions::new(&ns.name, &ns.name);
-    tweak(&mut options);
-    let spec = kubesync::source::SourceSpec {
-        url: dir.display().to_string(),
-        reference: Default::default(),
-        auth: Default::default(),
-        timeout: Duration::from_secs(30),
-    };
-    let cache = tempfile::tempdir().expect("cache");
-    kubesync::sync::sync_source(&ns.client, &spec, cache.path(), &options).await
-}
-
-pub fn result_of<'a>(report: &'a SyncReport, object: &str) -> &'a ObjectResult {
-    &report
-        .objects
-        .iter()
-        .find(|o| o.object == object)
-        .unwrap_or_else(|| panic!("{object} not in report: {:#?}", report.objects))
-        .result
-}
 
 fn cm(ns: &TestNamespace, name: &str) -> String {
     format!("configmap/{name} -n {}", ns.name)
@@ -95,7 +34,7 @@ async fn removed_file_is_pruned_and_nothing_else() {
     repo.remove("b.yaml");
     let second = sync_dir(&ns, repo.path(), |_| {}).await;
     assert!(second.succeeded(), "{:#?}", second.errors);
-    assert_eq!(result_of(&second, &cm(&ns, "b")), &ObjectResult::Pruned);
+    assert_eq!(result_of(&second, &cm(&ns, "b")), &Action::Pruned);
     assert_eq!(second.summary.pruned, 1);
     assert!(api.get_opt("b").await.expect("get").is_none(), "b is gone");
     for name in ["a", "c", "bystander"] {
@@ -134,7 +73,7 @@ async fn nothing_is_applied_or_pruned_when_a_file_is_invalid() {
     assert_eq!(report.prune_blocked, Some(PruneBlocked::Failure));
     assert!(
         report
-            .errors
+            .error_messages()
             .iter()
             .any(|e| e.starts_with("broken.yaml (document 0)")),
         "{:?}",
@@ -167,7 +106,7 @@ async fn apply_error_on_one_object_blocks_prune_but_not_the_others() {
     let report = sync_dir(&ns, repo.path(), |_| {}).await;
     assert!(!report.succeeded());
     assert!(
-        matches!(result_of(&report, &format!("service/bad -n {}", ns.name)), ObjectResult::Failed(r) if r.contains("svc.yaml"))
+        matches!(result_of(&report, &format!("service/bad -n {}", ns.name)), Action::Failed(r) if r.contains("svc.yaml"))
     );
     assert_eq!(report.prune_blocked, Some(PruneBlocked::Failure));
     let api: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
@@ -204,7 +143,7 @@ async fn empty_source_and_too_many_deletions_block_prune() {
     );
     let api: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     assert!(api.get_opt("cm0").await.expect("get").is_some());
-    let allowed = sync_dir(&ns, repo.path(), |o| o.max_prune = Some(12)).await;
+    let allowed = sync_dir(&ns, repo.path(), |o| o.prune.max = Some(12)).await;
     assert!(allowed.succeeded(), "{:?}", allowed.errors);
     assert_eq!(allowed.summary.pruned, 12);
     assert!(api.get_opt("cm0").await.expect("get").is_none());
@@ -243,21 +182,21 @@ async fn foreign_owned_protected_and_disabled_objects_are_not_pruned() {
     let report = sync_dir(&ns, repo.path(), |_| {}).await;
     assert!(report.succeeded(), "{:?}", report.errors);
     assert!(
-        matches!(result_of(&report, &cm(&ns, "child")), ObjectResult::Skipped(r) if r.contains("controlled by ConfigMap/owner"))
+        matches!(result_of(&report, &cm(&ns, "child")), Action::Skipped(r) if r.contains("controlled by ConfigMap/owner"))
     );
     assert!(
-        matches!(result_of(&report, &cm(&ns, "foreign")), ObjectResult::Skipped(r) if r.contains("field manager"))
+        matches!(result_of(&report, &cm(&ns, "foreign")), Action::Skipped(r) if r.contains("field manager"))
     );
     assert!(matches!(
         result_of(&report, &cm(&ns, "keepme")),
-        ObjectResult::Kept(_)
+        Action::Kept(_)
     ));
     assert!(matches!(
         result_of(
             &report,
             &format!("persistentvolumeclaim/data -n {}", ns.name)
         ),
-        ObjectResult::Kept(_)
+        Action::Kept(_)
     ));
     for name in ["child", "foreign", "keepme"] {
         assert!(
@@ -290,7 +229,7 @@ async fn no_op_sync_writes_nothing_and_drift_is_corrected() {
     let api: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
     let rv = api.get("a").await.expect("a").resource_version();
     let again = sync_dir(&ns, repo.path(), |_| {}).await;
-    assert_eq!(result_of(&again, &cm(&ns, "a")), &ObjectResult::Unchanged);
+    assert_eq!(result_of(&again, &cm(&ns, "a")), &Action::Unchanged);
     assert_eq!(
         api.get("a").await.expect("a").resource_version(),
         rv,
@@ -305,10 +244,7 @@ async fn no_op_sync_writes_nothing_and_drift_is_corrected() {
     .await
     .expect("edit");
     let corrected = sync_dir(&ns, repo.path(), |_| {}).await;
-    assert_eq!(
-        result_of(&corrected, &cm(&ns, "a")),
-        &ObjectResult::Configured
-    );
+    assert_eq!(result_of(&corrected, &cm(&ns, "a")), &Action::Configured);
     assert_eq!(corrected.summary.drift_corrected, 1);
     assert_eq!(
         api.get("a").await.expect("a").data.expect("data")["key"],

@@ -11,6 +11,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+use crate::support::controller::{
+    ControllerProcess, create_gitsync_in, install_crd, wait_for_revision,
+};
+use crate::support::faults::{
+    Fixture, assert_nothing_lost, commit_configmaps, request_sync, time_full_sync,
+};
 use crate::support::repo_root;
 
 struct PrivateTestbed {
@@ -20,7 +26,9 @@ struct PrivateTestbed {
 }
 
 impl PrivateTestbed {
-    /// `slot` picks a set of ports, so that two private control planes can run at once.
+    /// `slot` picks a set of ports, so that two private control planes can run at once. All are
+    /// below Linux's ephemeral range (32768 and up): a port there may be held by any outgoing
+    /// connection of the tests at the moment a server binds it.
     fn up(slot: u16) -> PrivateTestbed {
         let state = tempfile::tempdir().expect("tempdir");
         let port = |base: u16| (base + 3 * slot).to_string();
@@ -29,9 +37,9 @@ impl PrivateTestbed {
                 "KUBESYNC_TESTBED_STATE",
                 state.path().join("tb").display().to_string(),
             ),
-            ("KUBESYNC_TESTBED_ETCD_PORT", port(34790)),
-            ("KUBESYNC_TESTBED_ETCD_PEER_PORT", port(34800)),
-            ("KUBESYNC_TESTBED_APISERVER_PORT", port(37443)),
+            ("KUBESYNC_TESTBED_ETCD_PORT", port(24790)),
+            ("KUBESYNC_TESTBED_ETCD_PEER_PORT", port(24800)),
+            ("KUBESYNC_TESTBED_APISERVER_PORT", port(26443)),
             ("KUBESYNC_TESTBED_KCM_PORT", port(31257)),
             ("KUBESYNC_TESTBED_SCHEDULER_PORT", port(31259)),
             ("KUBESYNC_TESTBED_KWOK_PORT", port(31247)),
@@ -170,7 +178,7 @@ fn write_repo(dir: &Path, names: &[usize], value: &str) {
     for i in names {
         std::fs::write(
             dir.join(format!("cm-{i}.yaml")),
-            crate::engine::configmap(&format!("cm-{i}"), value),
+            crate::support::manifests::configmap(&format!("cm-{i}"), value),
         )
         .expect("write");
     }
@@ -319,11 +327,6 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
 
 #[tokio::test]
 async fn etcd_restarted_while_the_controller_syncs_loses_nothing_and_converges() {
-    use crate::controller::{ControllerProcess, create_gitsync_in, install_crd, wait_for_revision};
-    use crate::controller_faults::{
-        Fixture, assert_nothing_lost, commit_configmaps, request_sync, time_full_sync,
-    };
-
     const INTERVAL: Duration = Duration::from_secs(4);
     let testbed = PrivateTestbed::up(1);
     let client = testbed.client().await;
@@ -375,7 +378,7 @@ async fn etcd_restarted_while_the_controller_syncs_loses_nothing_and_converges()
         assert_nothing_lost(&api, &configmaps, &in_git, &removed, &value, trial).await;
         wait_for_revision(&api, "app", &revision, 2 * INTERVAL).await;
         let converged = cleared.elapsed();
-        crate::controller_faults::assert_converged(&configmaps, &in_git, &removed, &value, trial)
+        crate::support::faults::assert_converged(&configmaps, &in_git, &removed, &value, trial)
             .await;
         // What the status says: did the outage fall inside a sync, and how did that sync end?
         let history = api

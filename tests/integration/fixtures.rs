@@ -8,7 +8,7 @@ use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
 use kubesync::plan::Discovery;
 use kubesync::source::Checkout;
-use kubesync::sync::{ObjectResult, SyncOptions, SyncReport};
+use kubesync::sync::{Action, SyncOptions, SyncReport};
 
 use crate::support::{TestNamespace, repo_root};
 
@@ -59,7 +59,7 @@ async fn sync_paths(
     tweak: impl FnOnce(&mut SyncOptions),
 ) -> SyncReport {
     let mut options = SyncOptions::new(name, &ns.name);
-    options.paths = paths;
+    options.target.paths = paths;
     tweak(&mut options);
     let checkout = Checkout {
         dir: root.to_path_buf(),
@@ -67,7 +67,12 @@ async fn sync_paths(
         commit_time: None,
         fetched: false,
     };
-    kubesync::sync::sync_checkout(&ns.client, &checkout, &options).await
+    kubesync::sync::sync_checkout(
+        &kubesync::sync::Clients::from(&ns.client),
+        &checkout,
+        &options,
+    )
+    .await
 }
 
 /// The report line of a document: `kind[.group]/name` (namespace suffix ignored).
@@ -79,7 +84,7 @@ fn report_prefix(e: &Expectation) -> String {
     }
 }
 
-fn find<'a>(report: &'a SyncReport, e: &Expectation) -> Option<&'a ObjectResult> {
+fn find<'a>(report: &'a SyncReport, e: &Expectation) -> Option<&'a Action> {
     let prefix = report_prefix(e);
     report
         .objects
@@ -132,9 +137,9 @@ async fn assert_managed_by_kubesync(ns: &TestNamespace, discovery: &Discovery, e
 async fn clean_up(ns: &TestNamespace, name: &str) {
     let empty = tempfile::tempdir().expect("tempdir");
     let report = sync_paths(ns, name, empty.path(), vec![".".into()], |o| {
-        o.allow_empty = true;
-        o.prune_data = true;
-        o.max_prune = Some(1000);
+        o.prune.allow_empty = true;
+        o.prune.prune_data = true;
+        o.prune.max = Some(1000);
     })
     .await;
     assert!(
@@ -146,11 +151,7 @@ async fn clean_up(ns: &TestNamespace, name: &str) {
     // claims and volumes, whose protection finalizers the controller-manager removes) outlive the
     // prune for a while: wait until they are gone, or a re-create would patch the terminating one.
     use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
-    for o in report
-        .objects
-        .iter()
-        .filter(|o| o.result == ObjectResult::Pruned)
-    {
+    for o in report.objects.iter().filter(|o| o.result == Action::Pruned) {
         let (kind_name, namespace) = match o.object.split_once(" -n ") {
             Some((k, n)) => (k, Some(n)),
             None => (o.object.as_str(), None),
@@ -295,7 +296,7 @@ async fn kubernetes_examples_meet_their_expectations() {
             // fail it naming the file, and the server must refuse it too.
             let mut server_refuses: BTreeSet<String> = BTreeSet::new();
             for o in &report.objects {
-                if let (ObjectResult::Failed(reason), Some(origin)) = (&o.result, &o.origin) {
+                if let (Action::Failed(reason), Some(origin)) = (&o.result, &o.origin) {
                     assert!(reason.contains(&origin.file), "{reason}");
                     assert!(
                         !server_accepts(&root.join(&origin.file), &ns.name),
@@ -308,7 +309,10 @@ async fn kubernetes_examples_meet_their_expectations() {
             assert!(
                 report.succeeded()
                     || (!server_refuses.is_empty()
-                        && report.errors.iter().all(|e| e.starts_with("apply failed"))),
+                        && report
+                            .error_messages()
+                            .iter()
+                            .all(|e| e.starts_with("apply failed"))),
                 "{folder}: apply-ok files sync: {:#?}",
                 report.errors
             );
@@ -335,7 +339,7 @@ async fn kubernetes_examples_meet_their_expectations() {
                 !report.succeeded(),
                 "{folder}: duplicate identities are refused"
             );
-            let message = report.errors.join("\n");
+            let message = report.error_messages().join("\n");
             assert!(message.contains("defined twice"), "{folder}: {message}");
             assert!(
                 dup.iter().filter(|f| message.contains(f.as_str())).count() >= 2,
@@ -373,9 +377,9 @@ async fn kubernetes_examples_meet_their_expectations() {
             let name = format!("{}-bad", ns.name);
             let report = sync_paths(&ns, &name, &root, vec![f.clone()], |_| {}).await;
             assert!(!report.succeeded(), "{f} must fail: {:?}", report.objects);
-            let mut text: Vec<String> = report.errors.clone();
+            let mut text: Vec<String> = report.error_messages().clone();
             text.extend(report.objects.iter().filter_map(|o| match &o.result {
-                ObjectResult::Failed(r) => Some(r.clone()),
+                Action::Failed(r) => Some(r.clone()),
                 _ => None,
             }));
             let docs = &by_file[f];
@@ -400,10 +404,7 @@ async fn kubernetes_examples_meet_their_expectations() {
                 let discovery = Discovery::run(&discovery_client).await.expect("discovery");
                 for e in docs.iter().filter(|e| e.expectation == "apply-ok") {
                     assert!(
-                        matches!(
-                            find(&report, e),
-                            Some(ObjectResult::Created | ObjectResult::Configured)
-                        ),
+                        matches!(find(&report, e), Some(Action::Created | Action::Configured)),
                         "{f}: {} applied: {:?}",
                         e.name,
                         report.objects

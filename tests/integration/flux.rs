@@ -5,9 +5,9 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
-use kubesync::sync::ObjectResult;
+use kubesync::sync::Action;
 
-use crate::engine::{ManifestDir, result_of, sync_dir};
+use crate::support::manifests::{ManifestDir, result_of, sync_dir};
 use crate::support::{TestNamespace, repo_root};
 
 fn fixture(name: &str, namespace: &str) -> String {
@@ -24,7 +24,7 @@ fn fixture(name: &str, namespace: &str) -> String {
 /// The fixture's Secret is named like the namespace, which is also the default name of the sync's
 /// own ApplySet parent Secret: the set gets another name, as Git may not hold the parent.
 fn own_set(options: &mut kubesync::sync::SyncOptions) {
-    options.name = "flux-set".into();
+    options.target.name = "flux-set".into();
 }
 
 #[tokio::test]
@@ -47,7 +47,7 @@ async fn immutable_secret_change_is_refused_then_recreated_on_request() {
     assert!(!refused.succeeded());
     let secret_line = format!("secret/{0} -n {0}", ns.name);
     match result_of(&refused, &secret_line) {
-        ObjectResult::Failed(reason) => {
+        Action::Failed(reason) => {
             assert!(
                 reason.contains("test1.yaml (document 1)"),
                 "names the file: {reason}"
@@ -86,7 +86,7 @@ async fn immutable_secret_change_is_refused_then_recreated_on_request() {
     let empty = ManifestDir::new();
     let cleanup = sync_dir(&ns, empty.path(), |o| {
         own_set(o);
-        o.allow_empty = true;
+        o.prune.allow_empty = true;
     })
     .await;
     assert!(cleanup.succeeded(), "{:?}", cleanup.errors);
@@ -94,7 +94,7 @@ async fn immutable_secret_change_is_refused_then_recreated_on_request() {
         result_of(
             &cleanup,
             &format!("clusterrole.rbac.authorization.k8s.io/{}", ns.name)
-        ) == &ObjectResult::Pruned
+        ) == &Action::Pruned
     );
 }
 
@@ -114,7 +114,7 @@ async fn crd_and_its_custom_resource_sync_together() {
     assert!(
         matches!(
             result_of(&report, &cr),
-            ObjectResult::Created | ObjectResult::Configured
+            Action::Created | Action::Configured
         ),
         "{:?}",
         report.objects
@@ -122,12 +122,12 @@ async fn crd_and_its_custom_resource_sync_together() {
     // Remove the custom resource and the CRD (CRDs are protected from prune by default).
     let empty = ManifestDir::new();
     let cleanup = sync_dir(&ns, empty.path(), |o| {
-        o.allow_empty = true;
-        o.prune_data = true;
+        o.prune.allow_empty = true;
+        o.prune.prune_data = true;
     })
     .await;
     assert!(cleanup.succeeded(), "{:?}", cleanup.errors);
-    assert_eq!(result_of(&cleanup, &cr), &ObjectResult::Pruned);
+    assert_eq!(result_of(&cleanup, &cr), &Action::Pruned);
     let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
     let _ = crds
         .delete("clustertests.testing.fluxcd.io", &DeleteParams::default())

@@ -10,9 +10,9 @@ use kube::Api;
 use kubesync::source::{GitRef, SourceSpec};
 use kubesync::sync::{PruneBlocked, SyncOptions, SyncReport};
 
-use crate::engine::configmap;
-use crate::git::{GitDaemon, GitRepo, git};
 use crate::support::TestNamespace;
+use crate::support::git::{GitDaemon, GitRepo, git};
+use crate::support::manifests::configmap;
 
 async fn sync(ns: &TestNamespace, url: &str, cache: &Path, timeout: Duration) -> SyncReport {
     let spec = SourceSpec {
@@ -22,7 +22,7 @@ async fn sync(ns: &TestNamespace, url: &str, cache: &Path, timeout: Duration) ->
         timeout,
     };
     kubesync::sync::sync_source(
-        &ns.client,
+        &kubesync::sync::Clients::from(&ns.client),
         &spec,
         cache,
         &SyncOptions::new(&ns.name, &ns.name),
@@ -54,10 +54,10 @@ async fn synced_once(prefix: &str) -> (TestNamespace, GitRepo, GitDaemon, tempfi
 
 fn assert_failed_in_source_without_prune(report: &SyncReport, says: &str) {
     assert!(!report.succeeded(), "must fail: {:?}", report.objects);
-    assert_eq!(report.failure, Some("source"));
+    assert_eq!(report.failure, Some(kubesync::sync::Step::Source));
     assert!(matches!(report.prune_blocked, Some(PruneBlocked::Failure)));
     assert_eq!(report.summary.pruned, 0);
-    let errors = report.errors.join("\n");
+    let errors = report.error_messages().join("\n");
     assert!(
         errors.to_lowercase().contains(says),
         "the error says {says:?}: {errors}"
@@ -204,7 +204,7 @@ async fn a_deleted_repository_fails_and_a_restored_one_converges() {
     std::fs::rename(&remote, &parked).expect("delete the repository");
     let report = sync(&ns, &url, cache.path(), Duration::from_secs(20)).await;
     assert!(!report.succeeded());
-    assert_eq!(report.failure, Some("source"));
+    assert_eq!(report.failure, Some(kubesync::sync::Step::Source));
     assert!(matches!(report.prune_blocked, Some(PruneBlocked::Failure)));
     assert!(
         present(&ns, "a").await && present(&ns, "b").await,
@@ -278,7 +278,7 @@ async fn an_unusable_cache_fails_clearly_and_prunes_nothing() {
     let report = sync(&ns, &url, &cache, Duration::from_secs(20)).await;
     assert!(!report.succeeded());
     assert!(matches!(report.prune_blocked, Some(PruneBlocked::Failure)));
-    let errors = report.errors.join("\n");
+    let errors = report.error_messages().join("\n");
     assert!(
         errors.contains("cache directory"),
         "names the cache: {errors}"

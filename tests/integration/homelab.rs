@@ -9,9 +9,9 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
-use kubesync::sync::ObjectResult;
+use kubesync::sync::Action;
 
-use crate::engine::sync_dir;
+use crate::support::manifests::sync_dir;
 use crate::support::{TestNamespace, eventually, repo_root};
 
 fn completed(job: &Job) -> bool {
@@ -37,7 +37,7 @@ async fn the_homelab_example_syncs_and_its_jobs_complete() {
     let created = report
         .objects
         .iter()
-        .filter(|o| o.result == ObjectResult::Created)
+        .filter(|o| o.result == Action::Created)
         .count();
     assert_eq!(
         created, 14,

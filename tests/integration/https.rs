@@ -4,146 +4,15 @@
 //! libgit2's CA bundle is process-wide, so each fetch runs the `kubesync` binary with
 //! `SSL_CERT_FILE` pointing at the test CA, exactly as a user with a private CA would.
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
-use crate::engine::configmap;
-use crate::git::{GitRepo, free_port, git};
 use crate::support::TestNamespace;
-
-pub const USER: &str = "alice";
-pub const PASSWORD: &str = "tok3n-Zq9-never-printed";
-
-pub struct Lighttpd {
-    child: Child,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-}
-
-impl Drop for Lighttpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
-fn make_certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=kubesync test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.pem",
-        ],
-    );
-}
-
-/// lighttpd serving `git http-backend` for the repositories under `project_root` at `/git/`,
-/// requiring basic auth.
-pub fn start_lighttpd(project_root: &Path) -> Lighttpd {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    make_certificates(d);
-    std::fs::create_dir_all(d.join("www")).expect("docroot");
-    std::fs::write(d.join("users"), format!("{USER}:{PASSWORD}\n")).expect("users");
-    let exec_path = git(project_root, &["--exec-path"]);
-    let port = free_port();
-    let config = format!(
-        r#"server.modules = ("mod_alias", "mod_setenv", "mod_auth", "mod_authn_file", "mod_cgi", "mod_openssl")
-server.document-root = "{www}"
-server.bind = "127.0.0.1"
-server.port = {port}
-server.errorlog = "{d}/error.log"
-ssl.engine = "enable"
-ssl.pemfile = "{d}/server.pem"
-ssl.privkey = "{d}/server.key"
-auth.backend = "plain"
-auth.backend.plain.userfile = "{d}/users"
-auth.require = ("/git/" => ("method" => "basic", "realm" => "git", "require" => "valid-user"))
-alias.url = ("/git/" => "{exec_path}/git-http-backend/")
-$HTTP["url"] =~ "^/git/" {{
-  cgi.assign = ("" => "")
-  setenv.add-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1")
-}}
-"#,
-        www = d.join("www").display(),
-        d = d.display(),
-        root = project_root.display(),
-    );
-    std::fs::write(d.join("lighttpd.conf"), config).expect("config");
-    let child = Command::new("lighttpd")
-        .args(["-D", "-f"])
-        .arg(d.join("lighttpd.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("lighttpd starts (lighttpd and lighttpd-mod-openssl installed?)");
-    let mut server = Lighttpd { child, port, dir };
-    crate::support::wait_for_listener(&mut server.child, port, "lighttpd");
-    server
-}
+use crate::support::git::GitRepo;
+use crate::support::manifests::configmap;
+use crate::support::servers::{PASSWORD, USER, start_lighttpd};
 
 /// Runs `kubesync sync` against the testbed over HTTPS; returns its output.
 fn kubesync_sync(

@@ -12,10 +12,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kubesync::crd::GitSync;
 use serde_json::json;
 
-use crate::controller::{ControllerProcess, create_gitsync, http, install_crd};
-use crate::engine::configmap;
-use crate::git::{GitDaemon, GitRepo};
-use crate::https::{PASSWORD, USER, start_lighttpd};
+use crate::support::controller::{ControllerProcess, create_gitsync, http, install_crd};
+use crate::support::git::{GitDaemon, GitRepo};
+use crate::support::manifests::configmap;
+use crate::support::servers::{PASSWORD, USER, start_lighttpd};
 use crate::support::{TestNamespace, eventually};
 
 const IN_GIT: &str = "canary-in-git-4Fz9";
@@ -409,7 +409,7 @@ async fn the_controller_writes_only_to_its_cache() {
     let commit = repo.commit_and_push("a");
     let daemon = GitDaemon::start(repo.root.path());
     let cache = tempfile::tempdir().expect("cache");
-    let port = crate::git::free_port();
+    let port = crate::support::git::free_port();
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs tmpfs {cache} && mount -o remount,bind,ro / && \
          touch /probe-ro 2>/dev/null && echo 'root is writable' >&2 && exit 3; \

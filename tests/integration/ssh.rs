@@ -1,60 +1,11 @@
 //! The Git source over SSH: Debian's sshd on loopback, host keys checked against known_hosts.
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::git::GitRepo;
+use crate::support::manifests::configmap;
+use crate::support::servers::{Sshd, start_sshd};
 use kubesync::source::{Auth, GitRef, SourceError, SourceSpec};
-
-use crate::engine::configmap;
-use crate::git::{GitRepo, free_port};
-
-pub struct Sshd {
-    child: Child,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen runs (openssh-client installed?)");
-    assert!(status.success());
-}
-
-pub fn start_sshd() -> Sshd {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    keygen(&d.join("host_key"));
-    keygen(&d.join("client_key"));
-    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
-    std::fs::create_dir_all("/run/sshd").expect("privilege separation directory");
-    let port = free_port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n",
-        hk = d.join("host_key").display(),
-        ak = d.join("authorized_keys").display(),
-        pid = d.join("sshd.pid").display(),
-    );
-    std::fs::write(d.join("sshd_config"), config).expect("config");
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(d.join("sshd_config"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sshd starts (openssh-server installed?)");
-    let mut sshd = Sshd { child, port, dir };
-    crate::support::wait_for_listener(&mut sshd.child, port, "sshd");
-    sshd
-}
 
 fn known_hosts_line(sshd: &Sshd, pubkey_file: &str) -> String {
     let public = std::fs::read_to_string(sshd.dir.path().join(pubkey_file)).expect("public key");

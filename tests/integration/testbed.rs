@@ -179,9 +179,9 @@ async fn down_stops_every_process_up_started() {
             "KUBESYNC_TESTBED_STATE",
             state.path().join("tb").display().to_string(),
         ),
-        ("KUBESYNC_TESTBED_ETCD_PORT", "33790".into()),
-        ("KUBESYNC_TESTBED_ETCD_PEER_PORT", "33800".into()),
-        ("KUBESYNC_TESTBED_APISERVER_PORT", "36443".into()),
+        ("KUBESYNC_TESTBED_ETCD_PORT", "25790".into()),
+        ("KUBESYNC_TESTBED_ETCD_PEER_PORT", "25800".into()),
+        ("KUBESYNC_TESTBED_APISERVER_PORT", "27443".into()),
         ("KUBESYNC_TESTBED_KCM_PORT", "30257".into()),
         ("KUBESYNC_TESTBED_SCHEDULER_PORT", "30259".into()),
     ];

@@ -10,9 +10,9 @@ use kube::Api;
 use kubesync::crd::GitSync;
 use serde_json::Value;
 
-use crate::controller::{ControllerProcess, http};
-use crate::git::GitRepo;
-use crate::ssh::start_sshd;
+use crate::support::controller::{ControllerProcess, http};
+use crate::support::git::GitRepo;
+use crate::support::servers::start_sshd;
 use crate::support::{TestNamespace, eventually, repo_root, sh};
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -32,7 +32,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn the_homelab_tutorial_works_after_installing_k3s() {
     let system = TestNamespace::new("tut-system").await;
     let home = TestNamespace::new("tut-homelab").await;
-    crate::controller::install_crd(&system.client).await;
+    crate::support::controller::install_crd(&system.client).await;
     let release = format!("kubesync{}", &system.name[system.name.len() - 4..]);
     struct Uninstall(String, String);
     impl Drop for Uninstall {
@@ -82,7 +82,7 @@ async fn the_homelab_tutorial_works_after_installing_k3s() {
         system.name
     ));
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = crate::chart::token_kubeconfig(dir.path(), &token);
+    let kubeconfig = crate::support::controller::token_kubeconfig(dir.path(), &token);
     let controller = ControllerProcess::start_with_env(
         &home.name,
         &["--known-hosts", "/nonexistent"],

@@ -6,7 +6,7 @@ use std::process::Output;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
-use crate::engine::{ManifestDir, configmap};
+use crate::support::manifests::{ManifestDir, configmap};
 use crate::support::{TestNamespace, output_text};
 
 fn sync_and_wait(repo: &Path, ns: &str, timeout: &str) -> Output {

@@ -1,21 +1,15 @@
-//! ApplySet tracking (KEP-3659): the parent object, its annotations, and the live inventory of
-//! objects labelled `applyset.kubernetes.io/part-of=<id>`.
-//!
-//! The parent records which group-kinds and namespaces the set spans. It is widened to the union of
-//! old and new *before* anything is applied, so an interrupted sync never leaves an object the next
-//! sync cannot find; it is narrowed only after a complete prune.
-use std::collections::{BTreeMap, BTreeSet};
-
+//! The ApplySet parent: which object it is, its id, and reading and writing the labels and
+//! annotations that record the set.
 use base64::Engine;
-use futures::StreamExt;
-use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::kube_ext::dynamic_api;
-use crate::plan::{Discovery, GroupKind, ObjectKey, PART_OF_LABEL};
+use super::error::ApplySetError;
+use super::footprint::Footprint;
+use crate::plan::{GroupKind, ObjectKey};
 
 pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
 pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
@@ -96,82 +90,6 @@ pub fn applyset_id(name: &str, namespace: &str, kind: &str, group: &str) -> Stri
         "applyset-{}-v1",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
     )
-}
-
-/// What the parent records: group-kinds and namespaces beyond its own.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Footprint {
-    pub group_kinds: BTreeSet<GroupKind>,
-    pub namespaces: BTreeSet<String>,
-}
-
-impl Footprint {
-    pub fn union(&self, other: &Footprint) -> Footprint {
-        Footprint {
-            group_kinds: self
-                .group_kinds
-                .union(&other.group_kinds)
-                .cloned()
-                .collect(),
-            namespaces: self.namespaces.union(&other.namespaces).cloned().collect(),
-        }
-    }
-
-    fn annotations(&self, parent_namespace: &str) -> (String, String) {
-        let mut gks = self
-            .group_kinds
-            .iter()
-            .map(GroupKind::applyset_form)
-            .collect::<Vec<_>>();
-        gks.sort();
-        let gks = gks.join(",");
-        let namespaces = self
-            .namespaces
-            .iter()
-            .filter(|ns| ns.as_str() != parent_namespace)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(",");
-        (gks, namespaces)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplySetError {
-    #[error("reading ApplySet parent {kind} {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
-    ReadParent {
-        kind: String,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(
-        "ApplySet parent {kind} {namespace}/{name} belongs to another ApplySet or tool ({detail})"
-    )]
-    ForeignParent {
-        kind: String,
-        namespace: String,
-        name: String,
-        detail: String,
-    },
-    #[error("updating ApplySet parent {kind} {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
-    WriteParent {
-        kind: String,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("listing {resource} in {scope}: {}", crate::kube_ext::kube_message(.source))]
-    List {
-        resource: String,
-        scope: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("cannot list {group_kind}: its API group is unavailable (stale discovery)")]
-    StaleGroup { group_kind: String },
 }
 
 /// The parent as read from the cluster (None fields when it does not exist yet).
@@ -303,150 +221,13 @@ pub async fn write_parent(
             .patch(&parent.name, &params, &Patch::Merge(&metadata))
             .await
     };
-    result.map_err(|source| ApplySetError::WriteParent {
+    let written = result.map_err(|source| ApplySetError::WriteParent {
         kind: parent.resource.kind.clone(),
         namespace: parent.namespace.clone(),
         name: parent.name.clone(),
         source,
-    })?;
-    Ok(())
-}
-
-/// One labelled object found in the cluster.
-#[derive(Clone, Debug)]
-pub struct LiveObject {
-    pub resource: ApiResource,
-    pub namespaced: bool,
-    pub object: DynamicObject,
-}
-
-/// Live objects of the set, by identity. `complete` is false when some group-kind could not be
-/// listed; then nothing may be pruned.
-#[derive(Debug, Default)]
-pub struct Inventory {
-    pub objects: BTreeMap<ObjectKey, LiveObject>,
-    pub errors: Vec<ApplySetError>,
-}
-
-impl Inventory {
-    pub fn complete(&self) -> bool {
-        self.errors.is_empty()
-    }
-}
-
-/// Drops what no stage reads from a listed object: the field sets of managedFields entries (only
-/// managers and operations are consulted; adoption works on the apply response). They are often
-/// the largest part of an object.
-fn trim(mut object: DynamicObject) -> DynamicObject {
-    for entry in object.metadata.managed_fields.iter_mut().flatten() {
-        entry.fields_v1 = None;
-    }
-    object
-}
-
-/// Lists every group-kind of the footprint in each namespace of the footprint (plus the parent's)
-/// by the part-of label. Kinds the cluster no longer serves (CRD deleted) have no objects left.
-pub async fn list_inventory(
-    client: &Client,
-    discovery: &Discovery,
-    id: &str,
-    footprint: &Footprint,
-    parent_namespace: &str,
-    concurrency: usize,
-) -> Inventory {
-    let mut namespaces = footprint.namespaces.clone();
-    namespaces.insert(parent_namespace.to_string());
-    let mut inventory = Inventory::default();
-    let mut requests = Vec::new();
-    for gk in &footprint.group_kinds {
-        let Some(info) = discovery.preferred(gk) else {
-            let group_stale = discovery
-                .stale
-                .iter()
-                .any(|gv| crate::manifests::group_of(gv) == gk.group && gv.contains('/'));
-            if group_stale {
-                inventory.errors.push(ApplySetError::StaleGroup {
-                    group_kind: gk.applyset_form(),
-                });
-            }
-            continue;
-        };
-        if !info.supports("list") {
-            continue;
-        }
-        if info.namespaced {
-            for ns in &namespaces {
-                requests.push((info.clone(), Some(ns.clone())));
-            }
-        } else {
-            requests.push((info.clone(), None));
-        }
-    }
-    let selector = format!("{PART_OF_LABEL}={id}");
-    let results = futures::stream::iter(requests.into_iter().map(|(info, ns)| {
-        let client = client.clone();
-        let selector = selector.clone();
-        async move {
-            let api = dynamic_api(&client, ns.as_deref(), &info.api_resource);
-            // Pages of 500 keep the largest response small; each page is trimmed before the next.
-            let mut items = Vec::new();
-            let mut params = ListParams::default().labels(&selector).limit(500);
-            let list = loop {
-                match api.list(&params).await {
-                    Ok(page) => {
-                        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-                        items.extend(page.items.into_iter().map(trim));
-                        match next {
-                            Some(token) => params = params.continue_token(&token),
-                            None => break Ok(items),
-                        }
-                    }
-                    Err(e) => break Err(e),
-                }
-            };
-            (info, ns, list)
-        }
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .collect::<Vec<_>>()
-    .await;
-    for (info, ns, list) in results {
-        match list {
-            Ok(items) => {
-                for mut object in items {
-                    // List items omit apiVersion/kind; restore them for the object we keep.
-                    object.types = Some(kube::api::TypeMeta {
-                        api_version: info.api_resource.api_version.clone(),
-                        kind: info.api_resource.kind.clone(),
-                    });
-                    let key = ObjectKey {
-                        group: info.api_resource.group.clone(),
-                        kind: info.api_resource.kind.clone(),
-                        namespace: object.namespace(),
-                        name: object.name_any(),
-                    };
-                    inventory.objects.insert(
-                        key,
-                        LiveObject {
-                            resource: info.api_resource.clone(),
-                            namespaced: info.namespaced,
-                            object,
-                        },
-                    );
-                }
-            }
-            // A namespace that does not exist yet holds no objects.
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => inventory.errors.push(ApplySetError::List {
-                resource: info.api_resource.plural.clone(),
-                scope: ns
-                    .map(|n| format!("namespace {n}"))
-                    .unwrap_or_else(|| "the cluster".into()),
-                source,
-            }),
-        }
-    }
-    inventory
+    });
+    written.map(drop)
 }
 
 #[cfg(test)]
@@ -487,34 +268,5 @@ mod tests {
         assert_eq!(id.len(), "applyset-".len() + 43 + "-v1".len());
         assert_ne!(id, applyset_id("example", "other", "Secret", ""));
         assert_eq!(Parent::secret("example", "default").id(), id);
-    }
-
-    #[test]
-    fn footprint_annotations_leave_out_the_parent_namespace() {
-        let fp = Footprint {
-            group_kinds: ["Deployment.apps", "ConfigMap"]
-                .iter()
-                .filter_map(|s| GroupKind::parse_applyset_form(s))
-                .collect(),
-            namespaces: ["default", "web", "batch"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        };
-        let (gks, namespaces) = fp.annotations("default");
-        assert_eq!(gks, "ConfigMap,Deployment.apps");
-        let fp = Footprint {
-            group_kinds: ["Service", "Deployment.apps", "ConfigMap"]
-                .iter()
-                .filter_map(|s| GroupKind::parse_applyset_form(s))
-                .collect(),
-            namespaces: Default::default(),
-        };
-        assert_eq!(
-            fp.annotations("default").0,
-            "ConfigMap,Deployment.apps,Service",
-            "sorted as written"
-        );
-        assert_eq!(namespaces, "batch,web");
     }
 }

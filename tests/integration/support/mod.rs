@@ -1,4 +1,10 @@
 //! Helpers shared by the integration tests: a client for the local control plane and a namespace per test.
+pub mod controller;
+pub mod faults;
+pub mod git;
+pub mod manifests;
+pub mod servers;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -1,0 +1,185 @@
+//! What a GitSync syncs with: the Git credentials of its Secret, written to private files for
+//! libgit2, and the client of its ServiceAccount. Secret values never reach a message.
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+
+use super::context::Context;
+use crate::crd::GitSync;
+use crate::source::Auth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("reading Secret {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
+    Read {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Secret {namespace}/{name} (spec.secretRef) does not exist")]
+    Missing { namespace: String, name: String },
+    #[error("Secret {namespace}/{name}: key {key} is not UTF-8")]
+    NotText {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building a client for {user}: {source}")]
+    Client {
+        user: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The client a GitSync's objects are applied (and read) with: its ServiceAccount's
+/// (`system:serviceaccount:<namespace>:<name>`, impersonated), if it names one.
+pub fn apply_client(ctx: &Context, sync: &GitSync) -> Result<Client, CredentialsError> {
+    let Some(service_account) = &sync.spec.service_account_name else {
+        return Ok(ctx.client.clone());
+    };
+    let namespace = sync.namespace().unwrap_or_default();
+    let user = format!("system:serviceaccount:{namespace}:{service_account}");
+    ctx.client_for(&user, || {
+        let mut config = ctx.kube_config.clone();
+        config.auth_info.impersonate = Some(user.clone());
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ]);
+        Client::try_from(config)
+    })
+    .map_err(|source| CredentialsError::Client {
+        user: user.clone(),
+        source,
+    })
+}
+
+/// Reads the GitSync's Secret and writes the SSH key and known_hosts it holds to private files
+/// under `work_dir` (libgit2 takes them as paths).
+pub async fn git_auth(
+    ctx: &Context,
+    sync: &GitSync,
+    work_dir: &Path,
+) -> Result<Auth, CredentialsError> {
+    let mut auth = Auth {
+        known_hosts: ctx.config.known_hosts.clone(),
+        ..Default::default()
+    };
+    let Some(secret_ref) = &sync.spec.secret_ref else {
+        return Ok(auth);
+    };
+    let secret =
+        SecretData::read(ctx, &sync.namespace().unwrap_or_default(), &secret_ref.name).await?;
+    let dir = work_dir.join("credentials");
+    if let Some(identity) = secret.text("identity")? {
+        auth.ssh_key = Some(write_private(&dir, "identity", &identity)?);
+    }
+    if let Some(known_hosts) = secret.text("known_hosts")? {
+        auth.known_hosts = Some(write_private(&dir, "known_hosts", &known_hosts)?);
+    }
+    auth.ssh_passphrase = secret.text("passphrase")?;
+    auth.username = secret.text("username")?;
+    auth.password =
+        (secret.text("password")?).map(|p| p.trim_end_matches(['\r', '\n']).to_string());
+    Ok(auth)
+}
+
+/// The data of a Secret, with its name for messages.
+struct SecretData {
+    namespace: String,
+    name: String,
+    data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+}
+
+impl SecretData {
+    async fn read(ctx: &Context, namespace: &str, name: &str) -> Result<Self, CredentialsError> {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let found = secrets
+            .get_opt(name)
+            .await
+            .map_err(|source| CredentialsError::Read {
+                namespace: namespace.into(),
+                name: name.into(),
+                source,
+            })?;
+        let secret = found.ok_or_else(|| CredentialsError::Missing {
+            namespace: namespace.into(),
+            name: name.into(),
+        })?;
+        Ok(SecretData {
+            namespace: namespace.into(),
+            name: name.into(),
+            data: secret.data.unwrap_or_default(),
+        })
+    }
+
+    /// The value of `key` as text, if the Secret has it.
+    fn text(&self, key: &str) -> Result<Option<String>, CredentialsError> {
+        let Some(value) = self.data.get(key) else {
+            return Ok(None);
+        };
+        String::from_utf8(value.0.clone())
+            .map(Some)
+            .map_err(|_| CredentialsError::NotText {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                key: key.into(),
+            })
+    }
+}
+
+/// Writes `content` (newline-terminated) to `dir/file`, readable by this user only.
+fn write_private(dir: &Path, file: &str, content: &str) -> Result<PathBuf, CredentialsError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CredentialsError::Write { path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(failed(dir))?;
+    let path = dir.join(file);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed(&path))?;
+    let mut content = content.to_string();
+    if !content.ends_with('\n') {
+        content.push('\n');
+    }
+    f.write_all(content.as_bytes()).map_err(failed(&path))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let credentials = dir.path().join("credentials");
+        let path = write_private(&credentials, "identity", "key").expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "key\n");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&credentials), 0o700);
+    }
+}

@@ -1,0 +1,24 @@
+//! The in-cluster controller: each GitSync is synced by the same engine as `kubesync sync`, with
+//! the GitSync itself as ApplySet parent. Status, Events and metrics report every sync.
+//!
+//! A reconcile decides first whether a sync is due (spec changed, `kubesync.dev/requestedAt`
+//! changed, interval elapsed, or a failure's backoff elapsed); otherwise it only requeues. So the
+//! watch events that our own status writes cause never start a sync.
+//!
+//! - `schedule`: when a sync is due;
+//! - `status`: the status each moment of a reconcile writes; `events`: Events;
+//! - `credentials`: Git credentials and the ServiceAccount's client;
+//! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
+mod context;
+mod credentials;
+mod events;
+mod process;
+mod reconcile;
+mod schedule;
+mod status;
+#[cfg(test)]
+mod testing;
+
+pub use context::{Context, ControllerConfig, ControllerError};
+pub use process::{ProcessConfig, ProcessError, run_process};
+pub use reconcile::run;

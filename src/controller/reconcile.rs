@@ -1,0 +1,364 @@
+//! The reconcile loop: for each GitSync, decide whether a sync is due; if so, mark it
+//! progressing, run the engine, and write status, Events and metrics. Between syncs, only the
+//! objects a sync left unhealthy are read again.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
+use super::credentials::{apply_client, git_auth};
+use super::events::publish;
+use super::schedule::{Due, backoff, due, jittered, known_status};
+use super::status::{StatusUpdate, interrupted_sync, patch_status, reason};
+use crate::applyset::Parent;
+use crate::crd::{
+    GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry, short_revision,
+};
+use crate::source::SourceSpec;
+use crate::sync::{Clients, SyncError, SyncOptions, SyncReport};
+
+/// Runs the controller until `shutdown` resolves; in-flight syncs stop at a step boundary before
+/// apply, or finish through prune.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<GitSync> = match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let sweeper = tokio::spawn(forget_deleted(ctx.clone(), controller.store()));
+    controller
+        .with_config(config)
+        .graceful_shutdown_on(shutdown)
+        // Boxed: the engine's future is Send, but rustc cannot prove it through the generic
+        // bounds of `run` without help.
+        .run(
+            |sync, ctx| -> futures::future::BoxFuture<'static, Result<Action, ControllerError>> {
+                Box::pin(async move {
+                    let action = reconcile(sync, ctx).await;
+                    // What the sync allocated is dropped now: give it back to the system.
+                    crate::memory::release_free_memory();
+                    action
+                })
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            match result {
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+                Err(other) => warn!(error = %other, "controller"),
+            }
+        })
+        .await;
+    sweeper.abort();
+}
+
+/// How often state and metric series of deleted GitSyncs are dropped.
+const FORGET_PERIOD: Duration = Duration::from_secs(5);
+
+/// Drops, every few seconds, what this process keeps for GitSyncs that no longer exist (the
+/// reconciler never hears of a deletion): per-GitSync memory and metric series. Reads only the
+/// controller's own cache of GitSyncs: no request.
+async fn forget_deleted(ctx: Arc<Context>, store: kube::runtime::reflector::Store<GitSync>) {
+    // No wait for the cache's first list: this process knows a GitSync only after reconciling it,
+    // which the cache delivered, and a relist swaps the cache's content at once (never empty
+    // in between).
+    loop {
+        tokio::time::sleep(FORGET_PERIOD).await;
+        for key in ctx.known_keys() {
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
+            let object = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+            if store.get(&object).is_none() {
+                info!(sync = %key, "GitSync deleted: forgetting its state and metric series");
+                ctx.forget(&key);
+            }
+        }
+    }
+}
+
+/// A failed sync waits out its backoff (5 s doubling, at most the interval); a failed status
+/// write retries within one interval, so a GitSync converges within two once the API is back.
+fn error_policy(sync: Arc<GitSync>, error: &ControllerError, ctx: Arc<Context>) -> Action {
+    let interval = sync.spec.interval().unwrap_or(Duration::from_secs(5));
+    match error {
+        ControllerError::SyncFailed { sync, .. } => {
+            Action::requeue(backoff(ctx.failure_count(sync), interval))
+        }
+        ControllerError::Status { .. } => {
+            warn!(%error, "reconcile failed");
+            Action::requeue(interval.clamp(Duration::from_secs(1), Duration::from_secs(5)))
+        }
+    }
+}
+
+async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let key = key_of(&sync);
+    let old_status = sync.status.clone().unwrap_or_default();
+    let update = StatusUpdate {
+        old: &old_status,
+        generation: sync.metadata.generation,
+    };
+    ctx.metrics.set_suspended(&key, sync.spec.suspend);
+    if let Err(e) = sync.spec.validate() {
+        return invalid(&ctx, &sync, &update, &e.to_string()).await;
+    }
+    let (Ok(interval), Ok(timeout)) = (sync.spec.interval(), sync.spec.timeout()) else {
+        return Ok(Action::await_change());
+    };
+    if sync.spec.suspend {
+        if old_status.observed_generation != sync.metadata.generation {
+            patch_status(&ctx, &sync, update.suspended()).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let failures = ctx.failure_count(&key);
+    let mut view = (*sync).clone();
+    view.status = Some(known_status(&old_status, ctx.finished(&key).as_ref()));
+    let why = match due(&view, interval, failures, Timestamp::now()) {
+        Due::In(wait) => {
+            let recheck = recheck_health(&ctx, &sync, &key).await?;
+            return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
+        }
+        Due::Now(why) => why,
+    };
+    if *ctx.stop.borrow() {
+        return Ok(Action::await_change());
+    }
+    info!(sync = %key, why, "sync due");
+    let mut old_status = old_status.clone();
+    if ctx.first_start(&key) {
+        note_interrupted(&ctx, &sync, &mut old_status).await;
+    }
+    let update = StatusUpdate {
+        old: &old_status,
+        generation: sync.metadata.generation,
+    };
+    let progressing = format!("syncing ({why}) on {}", ctx.config.identity);
+    patch_status(&ctx, &sync, update.progressing(&progressing)).await?;
+    let report = run_sync(&ctx, &sync, timeout).await;
+    let finished_at = finish(&ctx, &sync, &update, &report).await?;
+    let recheck = remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK);
+    match report.failure {
+        None => {
+            ctx.set_failures(&key, 0);
+            // The same wait `due` computes when the status write comes back through the watch.
+            let wait = jittered(interval, &key, finished_at);
+            Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))))
+        }
+        Some(step) => {
+            ctx.set_failures(&key, failures.saturating_add(1));
+            Err(ControllerError::SyncFailed {
+                sync: key,
+                step,
+                message: report.first_problem().unwrap_or_default(),
+            })
+        }
+    }
+}
+
+/// An invalid spec: stalled, with one Warning Event per new generation or message.
+async fn invalid(
+    ctx: &Context,
+    sync: &GitSync,
+    update: &StatusUpdate<'_>,
+    message: &str,
+) -> Result<Action, ControllerError> {
+    let old = update.old;
+    if old.observed_generation != update.generation || old.last_error.as_deref() != Some(message) {
+        let note = message.to_string();
+        publish(ctx, sync, EventType::Warning, reason::INVALID_SPEC, note).await;
+    }
+    patch_status(ctx, sync, update.invalid(message)).await?;
+    Ok(Action::await_change())
+}
+
+/// The first sync of a GitSync by this process: when the status shows a sync that never
+/// finished, record it as interrupted before syncing again. (The engine records group-kinds
+/// in the parent before applying, so nothing was orphaned.)
+async fn note_interrupted(ctx: &Context, sync: &GitSync, status: &mut GitSyncStatus) {
+    let Some(left) = interrupted_sync(status) else {
+        return;
+    };
+    let note = format!(
+        "the previous sync did not finish ({}, started {}): its controller stopped or lost \
+         the lease; syncing again",
+        left.message, left.last_transition_time.0
+    );
+    let entry = SyncHistoryEntry {
+        revision: None,
+        result: reason::INTERRUPTED.into(),
+        duration_seconds: 0.0,
+        time: left.last_transition_time.clone(),
+    };
+    let key = key_of(sync);
+    warn!(sync = %key, "{note}");
+    ctx.metrics.record_interrupted(&key);
+    status.history.insert(0, entry);
+    publish(ctx, sync, EventType::Warning, reason::INTERRUPTED, note).await;
+}
+
+/// Records a finished sync: metrics, status, what this process remembers of it, and an Event
+/// when it failed or changed something. Returns when it finished.
+async fn finish(
+    ctx: &Context,
+    sync: &GitSync,
+    update: &StatusUpdate<'_>,
+    report: &SyncReport,
+) -> Result<Timestamp, ControllerError> {
+    let key = key_of(sync);
+    let managed = report.summary.managed as i64;
+    let first_apply = report.succeeded()
+        && report.revision.is_some()
+        && report.revision != update.old.last_applied_revision;
+    ctx.metrics.record_sync(&key, report, managed, first_apply);
+    // Whole seconds, as the status stores it: the next interval's jitter is seeded by it, and
+    // this process and the watch must agree on it.
+    let finished_at = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
+    let requested_at = sync.annotations().get(REQUESTED_AT_ANNOTATION);
+    let status = update.finished(report, managed, requested_at, finished_at);
+    patch_status(ctx, sync, status).await?;
+    let finished = Finished {
+        time: finished_at,
+        generation: update.generation,
+        requested_at: requested_at.cloned(),
+    };
+    ctx.set_finished(&key, finished);
+    let revision = report
+        .revision
+        .as_deref()
+        .map(short_revision)
+        .unwrap_or("unknown");
+    let s = &report.summary;
+    if let Some(step) = report.failure {
+        let first = report.first_problem().unwrap_or_default();
+        let note = format!("revision {revision}: {first}");
+        publish(ctx, sync, EventType::Warning, step.reason(), note).await;
+    } else if s.changed() > 0 {
+        let note = format!(
+            "revision {revision}: {} created, {} configured, {} pruned, {} unchanged",
+            s.created, s.configured, s.pruned, s.unchanged
+        );
+        publish(ctx, sync, EventType::Normal, "Synced", note).await;
+    }
+    Ok(finished_at)
+}
+
+/// Fetches credentials, builds the clients and runs the engine.
+async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncReport {
+    let namespace = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let work_dir = ctx.config.cache_dir.join(&namespace).join(&name);
+    let credentials = |e| SyncError::Credentials(Box::new(e));
+    let prepared = async {
+        let auth = git_auth(ctx, sync, &work_dir).await.map_err(credentials)?;
+        let reference = sync.spec.git_ref().map_err(SyncError::from)?;
+        let apply = apply_client(ctx, sync).map_err(credentials)?;
+        let spec = SourceSpec {
+            url: sync.spec.url.clone(),
+            reference,
+            auth,
+            timeout,
+        };
+        let clients = Clients {
+            apply,
+            parent: ctx.client.clone(),
+        };
+        Ok::<_, SyncError>((spec, clients))
+    };
+    let (spec, clients) = match prepared.await {
+        Ok(p) => p,
+        Err(e) => return SyncReport::failed(&name, e),
+    };
+    let options = sync_options(ctx, sync, timeout);
+    crate::sync::sync_source(&clients, &spec, &work_dir.join("git"), &options).await
+}
+
+/// The engine's options for a GitSync.
+fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOptions {
+    let namespace = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let target_namespace = sync.spec.target_namespace.as_deref().unwrap_or(&namespace);
+    let mut options = SyncOptions::new(&name, target_namespace);
+    options.target.paths = vec![sync.spec.path.clone()];
+    options.target.parent = Some(Parent::git_sync(&name, &namespace));
+    options.apply.field_manager = ctx.config.field_manager.clone();
+    options.apply.timeout = timeout.min(Duration::from_secs(60));
+    options.prune.enabled = sync.spec.prune;
+    options.wait = sync.spec.wait.then_some(timeout);
+    options.stop = Some(ctx.stop.clone());
+    options
+}
+
+/// After a sync: remembers the objects it left unhealthy (not failed for good: those need a new
+/// commit), so their health is read again between syncs. Returns whether there are any.
+fn remember_unhealthy(ctx: &Context, sync: &GitSync, report: &SyncReport) -> bool {
+    let objects: Vec<_> = report
+        .objects
+        .iter()
+        .filter(|o| o.health.as_ref().is_some_and(|h| !h.is_healthy()))
+        .filter_map(|o| o.target.clone())
+        .collect();
+    let client = apply_client(ctx, sync).ok().filter(|_| !objects.is_empty());
+    let recheck = client.map(|client| Recheck {
+        client,
+        objects,
+        reported: report.summary.unhealthy,
+        next: Instant::now() + HEALTH_RECHECK,
+    });
+    let any = recheck.is_some();
+    ctx.set_recheck(&key_of(sync), recheck);
+    any
+}
+
+/// Between syncs: reads the health of the objects the last sync left unhealthy (only those) and
+/// updates the gauge and the status's unhealthy count when it changed. Returns how long until the
+/// next read, while any object is still unhealthy.
+async fn recheck_health(
+    ctx: &Context,
+    sync: &GitSync,
+    key: &str,
+) -> Result<Option<Duration>, ControllerError> {
+    let Some(recheck) = ctx.recheck(key) else {
+        return Ok(None);
+    };
+    let now = Instant::now();
+    if recheck.next > now {
+        return Ok(Some(recheck.next - now));
+    }
+    let mut still = Vec::new();
+    for (object, resource) in recheck.objects {
+        let health = crate::sync::read_health(&recheck.client, &object, &resource).await;
+        if health.is_none_or(|h| !h.is_healthy()) {
+            still.push((object, resource));
+        }
+    }
+    let count = still.len();
+    if count != recheck.reported {
+        info!(sync = %key, unhealthy = count, "health re-read between syncs");
+        ctx.metrics.set_unhealthy(key, count);
+        patch_status(ctx, sync, json!({"summary": {"unhealthy": count}})).await?;
+    }
+    let next = (!still.is_empty()).then(|| Recheck {
+        objects: still,
+        reported: count,
+        next: Instant::now() + HEALTH_RECHECK,
+        ..recheck
+    });
+    let wait = next.as_ref().map(|_| HEALTH_RECHECK);
+    ctx.set_recheck(key, next);
+    Ok(wait)
+}

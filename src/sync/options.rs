@@ -1,0 +1,95 @@
+//! What a sync does and to what: the target (name, namespaces, paths, ApplySet parent), the
+//! apply stage's options, the prune policy and the wait. Built once, by the CLI from its flags
+//! and by the controller from a GitSync.
+use std::time::Duration;
+
+use kube::Client;
+
+use crate::apply::ApplyOptions;
+use crate::applyset::Parent;
+use crate::plan::PlanContext;
+use crate::prune::PrunePolicy;
+
+/// What a sync applies and where its set is recorded.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Name of the sync (the ApplySet parent's name).
+    pub name: String,
+    /// Namespace of objects that set none, and of the parent.
+    pub default_namespace: String,
+    /// Directories or files inside the checkout.
+    pub paths: Vec<String>,
+    /// The ApplySet parent. None: a Secret named `name` in the default namespace (the CLI's).
+    pub parent: Option<Parent>,
+}
+
+impl Target {
+    /// The ApplySet parent this sync records its set on.
+    pub fn parent(&self) -> Parent {
+        self.parent
+            .clone()
+            .unwrap_or_else(|| Parent::secret(&self.name, &self.default_namespace))
+    }
+
+    /// What the plan needs to know of the target.
+    pub fn plan_context(&self) -> PlanContext {
+        let parent = self.parent();
+        PlanContext {
+            default_namespace: self.default_namespace.clone(),
+            applyset_id: parent.id(),
+            parent: Some(parent.key()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    pub target: Target,
+    pub apply: ApplyOptions,
+    pub prune: PrunePolicy,
+    /// Wait for health, at most this long.
+    pub wait: Option<Duration>,
+    /// Set to true to stop the sync at the next step boundary before apply. Once apply has
+    /// begun, the sync runs through prune, so a stop never leaves a half-pruned set.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl SyncOptions {
+    /// The defaults: the whole checkout, force conflicts, prune behind the default guards.
+    pub fn new(name: &str, default_namespace: &str) -> Self {
+        SyncOptions {
+            target: Target {
+                name: name.into(),
+                default_namespace: default_namespace.into(),
+                paths: vec![".".into()],
+                parent: None,
+            },
+            apply: ApplyOptions::default(),
+            prune: PrunePolicy::default(),
+            wait: None,
+            stop: None,
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+}
+
+/// The clients of one sync: `apply` reads and changes the managed objects (in the controller, it
+/// impersonates the GitSync's ServiceAccount); `parent` reads and writes the ApplySet parent.
+#[derive(Clone)]
+pub struct Clients {
+    pub apply: Client,
+    pub parent: Client,
+}
+
+impl From<&Client> for Clients {
+    /// One client for both.
+    fn from(client: &Client) -> Clients {
+        Clients {
+            apply: client.clone(),
+            parent: client.clone(),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The prune step: behind every guard, delete what left Git, then narrow the ApplySet parent to
+//! what the set still holds.
+use std::collections::BTreeSet;
+
+use super::error::SyncError;
+use super::options::{Clients, SyncOptions};
+use super::report::SyncReport;
+use crate::applyset::OpenSet;
+use crate::plan::ObjectKey;
+use crate::prune::PruneBlocked;
+
+/// Why this sync may not prune at all, before any guard on its size: an earlier failure, or an
+/// inventory that could not be listed completely.
+pub fn blocked(report: &SyncReport, set: &OpenSet) -> Option<PruneBlocked> {
+    if !report.succeeded() {
+        return Some(PruneBlocked::Failure);
+    }
+    if !set.inventory.complete() {
+        let detail = set
+            .inventory
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Some(PruneBlocked::IncompleteInventory(detail));
+    }
+    None
+}
+
+/// Prunes and closes the set. A guard that stops the prune is reported and leaves the parent as
+/// it is; a failed delete fails the sync (recorded in the report) and its object stays in the set.
+pub async fn prune_and_close(
+    clients: &Clients,
+    options: &SyncOptions,
+    set: &OpenSet,
+    wanted: &BTreeSet<ObjectKey>,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    if let Some(blocked) = blocked(report, set) {
+        report.prune_blocked = Some(blocked);
+        return Ok(());
+    }
+    let leftovers = set.leftovers(wanted);
+    let managed = set.inventory.objects.len();
+    if let Some(blocked) = options.prune.guard(managed, leftovers.len(), wanted.len()) {
+        report.prune_blocked = Some(blocked);
+        return Ok(());
+    }
+    let pruned =
+        crate::prune::prune(&clients.apply, leftovers, &options.prune, &options.apply).await;
+    report.record_pruned(&pruned, &set.inventory);
+    if options.apply.dry_run {
+        return Ok(());
+    }
+    let still_held = pruned.iter().filter(|p| p.left_in_set).map(|p| &p.key);
+    set.narrow(
+        &clients.parent,
+        wanted.iter().chain(still_held),
+        &options.apply.field_manager,
+    )
+    .await
+    .map_err(SyncError::from)
+}
