@@ -76,70 +76,39 @@ impl Elector {
         }
     }
 
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(15)
+    }
+
+    /// The outcome of a write: held, lost the race (409), or failed.
+    fn written<T>(&mut self, result: Result<T, kube::Error>) -> Result<bool, LeaseError> {
+        match result {
+            Ok(_) => {
+                self.last_renewed = Some(Instant::now());
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// One round: acquire or renew. Ok(true) when this candidate holds the Lease afterwards.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
-        let me = self.config.identity.clone();
-        let duration_seconds = i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(15);
-        let Some(lease) = self
-            .api
-            .get_opt(&self.config.name)
-            .await
-            .map_err(|e| self.err(e))?
-        else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.config.name.clone()),
-                    namespace: Some(self.config.namespace.clone()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(me),
-                    lease_duration_seconds: Some(duration_seconds),
-                    acquire_time: Some(now()),
-                    renew_time: Some(now()),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => {
-                    self.last_renewed = Some(Instant::now());
-                    Ok(true)
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(self.err(e)),
-            };
+        let found = self.api.get_opt(&self.config.name).await;
+        let Some(lease) = found.map_err(|e| self.err(e))? else {
+            return self.create().await;
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let record = format!(
-            "{:?}/{:?}/{:?}",
-            holder,
-            spec.renew_time.as_ref().map(|t| t.0),
-            spec.lease_transitions
-        );
-        let seen_at = match &self.observed {
-            Some((r, at)) if *r == record => *at,
-            _ => {
-                let at = Instant::now();
-                self.observed = Some((record, at));
-                at
-            }
-        };
-        let held_by_me = holder.as_deref() == Some(me.as_str());
-        let duration = spec
-            .lease_duration_seconds
-            .map(|s| Duration::from_secs(u64::try_from(s.max(1)).unwrap_or(15)))
-            .unwrap_or(self.config.lease_duration);
-        let expired = seen_at.elapsed() >= duration;
-        if !held_by_me && holder.is_some() && !expired {
+        let held_by_me = holder.as_deref() == Some(self.config.identity.as_str());
+        if !held_by_me && holder.is_some() && !self.expired(&spec) {
             return Ok(false);
         }
         let mut updated = lease.clone();
         let transitions = spec.lease_transitions.unwrap_or(0);
         updated.spec = Some(LeaseSpec {
-            holder_identity: Some(me),
-            lease_duration_seconds: Some(duration_seconds),
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(self.duration_seconds()),
             acquire_time: if held_by_me {
                 spec.acquire_time
             } else {
@@ -154,18 +123,55 @@ impl Elector {
             ..spec
         });
         // The resourceVersion in `updated` makes this a compare-and-swap.
-        match self
-            .api
+        let replaced = (self.api)
             .replace(&self.config.name, &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => {
-                self.last_renewed = Some(Instant::now());
-                Ok(true)
+            .await;
+        self.written(replaced)
+    }
+
+    /// Creates the Lease, held by this candidate.
+    async fn create(&mut self) -> Result<bool, LeaseError> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.config.name.clone()),
+                namespace: Some(self.config.namespace.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.config.identity.clone()),
+                lease_duration_seconds: Some(self.duration_seconds()),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        let created = self.api.create(&PostParams::default(), &lease).await;
+        self.written(created)
+    }
+
+    /// Whether the holder's record has not changed for a whole lease duration, by this
+    /// candidate's own clock (clocks of different machines are never compared).
+    fn expired(&mut self, spec: &LeaseSpec) -> bool {
+        let record = format!(
+            "{:?}/{:?}/{:?}",
+            spec.holder_identity,
+            spec.renew_time.as_ref().map(|t| t.0),
+            spec.lease_transitions
+        );
+        let seen_at = match &self.observed {
+            Some((r, at)) if *r == record => *at,
+            _ => {
+                let at = Instant::now();
+                self.observed = Some((record, at));
+                at
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(self.err(e)),
-        }
+        };
+        let duration = spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(u64::try_from(s.max(1)).unwrap_or(15)))
+            .unwrap_or(self.config.lease_duration);
+        seen_at.elapsed() >= duration
     }
 
     /// Gives the Lease up so another candidate can take it at once.

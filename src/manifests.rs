@@ -658,110 +658,104 @@ fn string_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value>
     map.get(key).filter(|v| !v.is_null())
 }
 
-fn validate(origin: Origin, mut map: Map<String, Value>) -> Result<Manifest, ManifestError> {
-    let api_version = match string_field(&map, "apiVersion") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) | None => {
-            return Err(ManifestError::MissingField {
+/// What is wrong with a field that must be a non-empty string.
+enum TextProblem {
+    Missing,
+    NotAString,
+}
+
+impl TextProblem {
+    /// The error for `field` of the object `kind`/`name` (`?` where not known yet); `object` is
+    /// how a missing field names the object.
+    fn error(
+        self,
+        origin: &Origin,
+        object: String,
+        kind_name: (&str, &str),
+        field: &'static str,
+    ) -> ManifestError {
+        let origin = origin.clone();
+        match self {
+            TextProblem::Missing => ManifestError::MissingField {
                 origin,
-                object: String::new(),
-                field: "apiVersion",
-            });
-        }
-        Some(_) => {
-            return Err(ManifestError::NotAString {
+                object,
+                field,
+            },
+            TextProblem::NotAString => ManifestError::NotAString {
                 origin,
-                kind: "?".into(),
-                name: "?".into(),
-                field: "apiVersion",
-            });
+                kind: kind_name.0.into(),
+                name: kind_name.1.into(),
+                field,
+            },
         }
-    };
-    let kind = match string_field(&map, "kind") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) | None => {
-            return Err(ManifestError::MissingField {
-                origin,
-                object: String::new(),
-                field: "kind",
-            });
-        }
-        Some(_) => {
-            return Err(ManifestError::NotAString {
-                origin,
-                kind: "?".into(),
-                name: "?".into(),
-                field: "kind",
-            });
-        }
-    };
-    let metadata = match map.get_mut("metadata") {
-        Some(Value::Object(m)) => m,
-        _ => {
-            return Err(ManifestError::MissingField {
-                origin,
-                object: format!(": {kind}"),
-                field: "metadata.name",
-            });
-        }
-    };
-    // Even beside a name: a generated name is what the author expects, and apply never makes one.
-    if metadata.contains_key("generateName") {
-        return Err(ManifestError::GenerateName { origin, kind });
     }
-    let name = match string_field(metadata, "name") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) | None => {
-            return Err(ManifestError::MissingField {
-                origin,
-                object: format!(": {kind}"),
-                field: "metadata.name",
-            });
-        }
-        Some(_) => {
-            return Err(ManifestError::NotAString {
-                origin,
-                kind,
-                name: "?".into(),
-                field: "metadata.name",
-            });
-        }
-    };
-    let namespace = match string_field(metadata, "namespace") {
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        None => None,
-        Some(_) => {
-            return Err(ManifestError::NotAString {
-                origin,
-                kind,
-                name,
-                field: "metadata.namespace",
-            });
-        }
-    };
+}
+
+fn required_text(map: &Map<String, Value>, key: &str) -> Result<String, TextProblem> {
+    match string_field(map, key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) | None => Err(TextProblem::Missing),
+        Some(_) => Err(TextProblem::NotAString),
+    }
+}
+
+/// Why labels or annotations are not a mapping of strings, if they are not.
+fn string_maps_problem(metadata: &Map<String, Value>) -> Option<String> {
     for key in ["labels", "annotations"] {
         match metadata.get(key) {
             None | Some(Value::Null) => {}
             Some(Value::Object(entries)) => {
                 if let Some((k, _)) = entries.iter().find(|(_, v)| !v.is_string()) {
-                    return Err(ManifestError::Invalid {
-                        origin,
-                        kind,
-                        name,
-                        reason: format!("metadata.{key}.{k} must be a string (quote it)"),
-                    });
+                    return Some(format!("metadata.{key}.{k} must be a string (quote it)"));
                 }
             }
-            Some(_) => {
-                return Err(ManifestError::Invalid {
-                    origin,
-                    kind,
-                    name,
-                    reason: format!("metadata.{key} must be a mapping"),
-                });
-            }
+            Some(_) => return Some(format!("metadata.{key} must be a mapping")),
         }
+    }
+    None
+}
+
+fn validate(origin: Origin, mut map: Map<String, Value>) -> Result<Manifest, ManifestError> {
+    let unknown = ("?", "?");
+    let api_version = required_text(&map, "apiVersion")
+        .map_err(|p| p.error(&origin, String::new(), unknown, "apiVersion"))?;
+    let kind = required_text(&map, "kind")
+        .map_err(|p| p.error(&origin, String::new(), unknown, "kind"))?;
+    let Some(Value::Object(metadata)) = map.get_mut("metadata") else {
+        return Err(TextProblem::Missing.error(
+            &origin,
+            format!(": {kind}"),
+            unknown,
+            "metadata.name",
+        ));
+    };
+    // Even beside a name: a generated name is what the author expects, and apply never makes one.
+    if metadata.contains_key("generateName") {
+        return Err(ManifestError::GenerateName { origin, kind });
+    }
+    let name = required_text(metadata, "name")
+        .map_err(|p| p.error(&origin, format!(": {kind}"), (&kind, "?"), "metadata.name"))?;
+    let namespace = match string_field(metadata, "namespace") {
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        None => None,
+        Some(_) => {
+            let problem = TextProblem::NotAString;
+            return Err(problem.error(
+                &origin,
+                String::new(),
+                (&kind, &name),
+                "metadata.namespace",
+            ));
+        }
+    };
+    if let Some(reason) = string_maps_problem(metadata) {
+        return Err(ManifestError::Invalid {
+            origin,
+            kind,
+            name,
+            reason,
+        });
     }
     // Server-owned fields are never sent.
     for key in crate::kube_ext::SERVER_OWNED_METADATA {

@@ -507,93 +507,94 @@ pub fn plan(manifests: Vec<Manifest>, discovery: &Discovery, ctx: &PlanContext) 
     let mut plan = Plan::default();
     let mut seen: HashMap<ObjectKey, Origin> = HashMap::new();
     for manifest in manifests {
-        let object = manifest.describe();
-        let key_namespaced = match discovery.resolve(&manifest.api_version, &manifest.kind) {
-            Some(info) => Some(info.namespaced),
-            None => crds
-                .get(&(manifest.group().to_string(), manifest.kind.clone()))
-                .copied(),
-        };
-        let resolved = discovery
-            .resolve(&manifest.api_version, &manifest.kind)
-            .cloned();
-        if resolved.is_none() && key_namespaced.is_none() {
-            plan.errors.push(unresolved_error(&manifest, discovery));
-            continue;
-        }
-        if let Some(label) = applyset_label(&manifest) {
-            plan.errors.push(PlanError::ApplySetLabel {
-                origin: manifest.origin.clone(),
-                object,
-                label,
-            });
-            continue;
-        }
-        let namespaced = key_namespaced.unwrap_or(true);
-        if !namespaced && let Some(ns) = &manifest.namespace {
-            // The API server ignores it too; say so rather than fail the sync.
-            plan.warnings.push(format!(
-                "{}: {object}: {} is cluster-scoped; metadata.namespace {ns} is not sent",
-                manifest.origin, manifest.kind
-            ));
-        }
-        let namespace = namespaced.then(|| {
-            manifest
-                .namespace
-                .clone()
-                .unwrap_or_else(|| ctx.default_namespace.clone())
-        });
-        let key = ObjectKey {
-            group: manifest.group().to_string(),
-            kind: manifest.kind.clone(),
-            namespace: namespace.clone(),
-            name: manifest.name.clone(),
-        };
-        if ctx.parent.as_ref() == Some(&key) {
-            plan.errors.push(PlanError::IsParent {
-                origin: manifest.origin.clone(),
-                object,
-            });
-            continue;
-        }
-        if let Some(first) = seen.get(&key) {
-            plan.errors.push(PlanError::Duplicate {
-                object: key.to_string(),
-                first: first.clone(),
-                second: manifest.origin.clone(),
-            });
-            continue;
-        }
-        seen.insert(key.clone(), manifest.origin.clone());
-        match resolved {
-            Some(info) => {
-                if !info.supports("patch") {
-                    plan.errors.push(PlanError::NotPatchable {
-                        origin: manifest.origin.clone(),
-                        object,
-                        kind: manifest.kind.clone(),
-                    });
-                    continue;
-                }
-                let desired = desired_object(&manifest, namespace.as_deref(), &ctx.applyset_id);
-                plan.objects.push(PlannedObject {
-                    stage: stage_of(&key.group, &key.kind),
-                    key,
-                    origin: manifest.origin,
-                    resource: info.api_resource,
-                    namespaced,
-                    desired,
-                });
-            }
-            None => plan.deferred.push(DeferredObject {
-                manifest,
-                namespace,
-            }),
+        if let Err(e) = plan_one(manifest, discovery, &crds, ctx, &mut seen, &mut plan) {
+            plan.errors.push(e);
         }
     }
     plan.objects
         .sort_by(|a, b| (a.stage, &a.key).cmp(&(b.stage, &b.key)));
     plan
+}
+
+/// Resolves one manifest into `plan`: planned, deferred until its CRD is served, or refused.
+fn plan_one(
+    manifest: Manifest,
+    discovery: &Discovery,
+    crds: &HashMap<(String, String), bool>,
+    ctx: &PlanContext,
+    seen: &mut HashMap<ObjectKey, Origin>,
+    plan: &mut Plan,
+) -> Result<(), PlanError> {
+    let object = manifest.describe();
+    let resolved = discovery
+        .resolve(&manifest.api_version, &manifest.kind)
+        .cloned();
+    let crd_scope = crds.get(&(manifest.group().to_string(), manifest.kind.clone()));
+    let namespaced = match (&resolved, crd_scope) {
+        (Some(info), _) => info.namespaced,
+        (None, Some(namespaced)) => *namespaced,
+        (None, None) => return Err(unresolved_error(&manifest, discovery)),
+    };
+    if let Some(label) = applyset_label(&manifest) {
+        let origin = manifest.origin;
+        return Err(PlanError::ApplySetLabel {
+            origin,
+            object,
+            label,
+        });
+    }
+    if !namespaced && let Some(ns) = &manifest.namespace {
+        // The API server ignores it too; say so rather than fail the sync.
+        plan.warnings.push(format!(
+            "{}: {object}: {} is cluster-scoped; metadata.namespace {ns} is not sent",
+            manifest.origin, manifest.kind
+        ));
+    }
+    let namespace = namespaced
+        .then(|| (manifest.namespace.clone()).unwrap_or_else(|| ctx.default_namespace.clone()));
+    let key = ObjectKey {
+        group: manifest.group().to_string(),
+        kind: manifest.kind.clone(),
+        namespace: namespace.clone(),
+        name: manifest.name.clone(),
+    };
+    if ctx.parent.as_ref() == Some(&key) {
+        let origin = manifest.origin;
+        return Err(PlanError::IsParent { origin, object });
+    }
+    if let Some(first) = seen.get(&key) {
+        return Err(PlanError::Duplicate {
+            object: key.to_string(),
+            first: first.clone(),
+            second: manifest.origin,
+        });
+    }
+    seen.insert(key.clone(), manifest.origin.clone());
+    let Some(info) = resolved else {
+        plan.deferred.push(DeferredObject {
+            manifest,
+            namespace,
+        });
+        return Ok(());
+    };
+    if !info.supports("patch") {
+        let (origin, kind) = (manifest.origin, manifest.kind);
+        return Err(PlanError::NotPatchable {
+            origin,
+            object,
+            kind,
+        });
+    }
+    let desired = desired_object(&manifest, namespace.as_deref(), &ctx.applyset_id);
+    plan.objects.push(PlannedObject {
+        stage: stage_of(&key.group, &key.kind),
+        key,
+        origin: manifest.origin,
+        resource: info.api_resource,
+        namespaced,
+        desired,
+    });
+    Ok(())
 }
 
 /// The first `applyset.kubernetes.io/…` label a manifest sets, if any.

@@ -1,8 +1,7 @@
 //! The Helm chart: lint, render, hardening, monitoring toggles, and RBAC proven on the local
 //! control plane by running the controller with nothing but the chart's ServiceAccount token.
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -14,7 +13,7 @@ use crate::support::controller::{
 };
 use crate::support::git::{GitDaemon, GitRepo};
 use crate::support::manifests::configmap;
-use crate::support::{TestNamespace, eventually, repo_root, run};
+use crate::support::{TestNamespace, eventually, repo_root, run, run_with_input};
 
 fn chart() -> PathBuf {
     repo_root().join("charts/kubesync")
@@ -41,31 +40,17 @@ fn kinds(docs: &[Value]) -> Vec<String> {
 }
 
 fn kubectl_apply(yaml: &str, extra: &[&str]) {
-    let mut child = Command::new("kubectl")
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=helm-test",
-            "-f",
-            "-",
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("kubectl output");
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_with_input(
+        Command::new("kubectl")
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager=helm-test",
+                "-f",
+                "-",
+            ])
+            .args(extra),
+        yaml,
     );
 }
 

@@ -17,11 +17,11 @@ use crate::support::controller::{
 };
 use crate::support::git::{GitDaemon, GitRepo, free_port};
 use crate::support::manifests::configmap;
-use crate::support::{TestNamespace, eventually};
+use crate::support::{TestNamespace, eventually, run, run_with_input};
 
 /// `kubectl wait --for=condition=Ready`, as a user would.
 fn kubectl_wait_ready(ns: &str, name: &str, timeout: &str) {
-    let out = Command::new("kubectl")
+    run(Command::new("kubectl")
         .args([
             "wait",
             "--for=condition=Ready",
@@ -29,15 +29,7 @@ fn kubectl_wait_ready(ns: &str, name: &str, timeout: &str) {
             "-n",
             ns,
         ])
-        .arg(format!("--timeout={timeout}"))
-        .output()
-        .expect("kubectl runs (is the testbed's PATH set?)");
-    assert!(
-        out.status.success(),
-        "kubectl wait: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(format!("--timeout={timeout}")));
 }
 
 async fn configmap_value(ns: &TestNamespace, name: &str) -> Option<String> {
@@ -560,21 +552,9 @@ async fn a_gitsync_cannot_do_more_than_its_service_account() {
     install_crd(&ns.client).await;
     // The ServiceAccount may manage ConfigMaps, nothing else.
     let apply = |yaml: String| {
-        let out = Command::new("kubectl")
-            .args(["apply", "-n", &ns.name, "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().expect("stdin").write_all(yaml.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("kubectl apply");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_with_input(
+            Command::new("kubectl").args(["apply", "-n", &ns.name, "-f", "-"]),
+            &yaml,
         );
     };
     apply(format!(

@@ -17,7 +17,7 @@ use crate::support::controller::{
 use crate::support::faults::{
     Fixture, assert_nothing_lost, commit_configmaps, request_sync, time_full_sync,
 };
-use crate::support::repo_root;
+use crate::support::{repo_root, run};
 
 struct PrivateTestbed {
     env: Vec<(&'static str, String)>,
@@ -290,14 +290,7 @@ async fn apiserver_killed_mid_sync_loses_nothing_prunes_nothing_and_converges() 
         );
 
         // Once the fault has cleared, the next sync converges.
-        let out = sync_command(&testbed, &dir, ns, &cache)
-            .output()
-            .expect("sync");
-        assert!(
-            out.status.success(),
-            "trial {trial}: converges: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        run(&mut sync_command(&testbed, &dir, ns, &cache));
         for i in &removed {
             assert!(
                 configmaps

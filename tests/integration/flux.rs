@@ -8,7 +8,7 @@ use kube::{Api, ResourceExt};
 use kubesync::sync::Action;
 
 use crate::support::manifests::{ManifestDir, result_of, sync_dir};
-use crate::support::{TestNamespace, repo_root};
+use crate::support::{TestNamespace, repo_root, run_with_input};
 
 fn fixture(name: &str, namespace: &str) -> String {
     let path = repo_root()
@@ -139,26 +139,9 @@ async fn objects_made_with_kubectl_are_adopted_and_fields_removed_from_git_go() 
     let ns = TestNamespace::new("flux-adopt").await;
     // kubectl creates the Ingress with two rules (client-side apply, as the seed's script did).
     let with_two_rules = fixture("test9.yaml", &ns.name);
-    let out = std::process::Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(with_two_rules.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("kubectl (from the testbed's PATH) runs");
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_with_input(
+        std::process::Command::new("kubectl").args(["apply", "-f", "-"]),
+        &with_two_rules,
     );
     let ingresses: Api<Ingress> = Api::namespaced(ns.client.clone(), &ns.name);
     let before = ingresses.get(&ns.name).await.expect("ingress");

@@ -12,7 +12,7 @@ use kube::Api;
 use kubesync::sync::Action;
 
 use crate::support::manifests::sync_dir;
-use crate::support::{TestNamespace, eventually, repo_root};
+use crate::support::{TestNamespace, eventually, repo_root, run};
 
 fn completed(job: &Job) -> bool {
     job.status
@@ -95,22 +95,14 @@ async fn the_homelab_example_syncs_and_its_jobs_complete() {
     .await;
 
     // The backup CronJob, run by hand as the tutorial says.
-    let out = Command::new("kubectl")
-        .args([
-            "create",
-            "job",
-            "-n",
-            &ns.name,
-            "--from=cronjob/postgres-backup",
-            "backup-now",
-        ])
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(Command::new("kubectl").args([
+        "create",
+        "job",
+        "-n",
+        &ns.name,
+        "--from=cronjob/postgres-backup",
+        "backup-now",
+    ]));
     eventually(
         Duration::from_secs(60),
         "the backup Job completes",

@@ -15,6 +15,7 @@ mod git;
 mod git_faults;
 mod homelab;
 mod https;
+mod layout;
 mod security;
 mod ssh;
 mod testbed;

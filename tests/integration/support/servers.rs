@@ -2,6 +2,7 @@
 use std::process::Stdio;
 
 use super::git::{free_port, git};
+use super::run;
 use std::path::Path;
 use std::process::{Child, Command};
 
@@ -174,14 +175,5 @@ fn keygen(path: &Path) {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(Command::new("openssl").current_dir(dir).args(args));
 }
