@@ -164,16 +164,24 @@ pub async fn assert_converged(
     }
 }
 
-/// A sync that changes every object, timed from the request to the applied status.
+/// How long a sync that changes every object takes, from the request to the applied status: the
+/// shortest of three, so that one slowed down by a busy machine does not spread the faults of
+/// later trials past the end of their syncs.
 pub async fn time_full_sync(
     api: &Api<GitSync>,
     repo: &GitRepo,
     in_git: &[usize],
     value: &str,
 ) -> Duration {
-    let revision = commit_configmaps(repo, in_git, value);
-    request_sync(api, "app", value).await;
-    wait_for_revision(api, "app", &revision, Duration::from_secs(60)).await
+    let mut shortest = Duration::MAX;
+    for round in 0..3 {
+        let value = format!("{value}-{round}");
+        let revision = commit_configmaps(repo, in_git, &value);
+        request_sync(api, "app", &value).await;
+        let took = wait_for_revision(api, "app", &revision, Duration::from_secs(60)).await;
+        shortest = shortest.min(took);
+    }
+    shortest
 }
 
 pub const OBJECTS: usize = 150;
