@@ -9,6 +9,7 @@ use kube::api::PropagationPolicy;
 
 use crate::apply::ApplyOptions;
 use crate::duration::parse_duration;
+use crate::sops::Keys;
 use crate::source::{Auth, GitRef, SourceError, SourceSpec};
 use crate::sync::{Action, Clients, PrunePolicy, SyncOptions, SyncReport, Target};
 use crate::telemetry::LogFormat;
@@ -79,6 +80,10 @@ pub struct SourceArgs {
     /// File holding the HTTPS password or token.
     #[arg(long, env = "KUBESYNC_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+    /// File of age secret keys (as `age-keygen` writes them) for SOPS-encrypted manifests. The
+    /// keys in $SOPS_AGE_KEY are used too.
+    #[arg(long, env = "SOPS_AGE_KEY_FILE")]
+    pub age_key_file: Option<PathBuf>,
     /// Time limit for fetching the repository.
     #[arg(long, env = "KUBESYNC_FETCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub fetch_timeout: Duration,
@@ -282,6 +287,12 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("age keys in {from}: {source}")]
+    AgeKeys {
+        from: String,
+        #[source]
+        source: crate::sops::KeyError,
+    },
     #[error("--renew-deadline ({renew:?}) must be shorter than --lease-duration ({lease:?})")]
     LeaseTimes { renew: Duration, lease: Duration },
     #[error("{0}")]
@@ -428,9 +439,28 @@ impl SourceArgs {
         })
     }
 
+    /// The age keys of `--age-key-file` and $SOPS_AGE_KEY.
+    fn age_keys(&self) -> Result<Keys, CliError> {
+        let mut keys = Keys::default();
+        if let Some(path) = &self.age_key_file {
+            let text = read_secret(Some(path), "age key")?.unwrap_or_default();
+            keys.extend(Keys::parse(&text).map_err(|source| CliError::AgeKeys {
+                from: path.display().to_string(),
+                source,
+            })?);
+        }
+        if let Ok(text) = std::env::var("SOPS_AGE_KEY") {
+            keys.extend(Keys::parse(&text).map_err(|source| CliError::AgeKeys {
+                from: "$SOPS_AGE_KEY".into(),
+                source,
+            })?);
+        }
+        Ok(keys)
+    }
+
     /// The target in `namespace` (the flag's, else the kubeconfig's).
-    fn target(&self, namespace: &str) -> Target {
-        Target {
+    fn target(&self, namespace: &str) -> Result<Target, CliError> {
+        Ok(Target {
             name: self.name.clone(),
             default_namespace: namespace.into(),
             paths: match self.paths.is_empty() {
@@ -440,7 +470,8 @@ impl SourceArgs {
             parent: self
                 .gitsync
                 .then(|| crate::applyset::Parent::git_sync(&self.name, namespace)),
-        }
+            decryption: self.age_keys()?,
+        })
     }
 }
 
@@ -456,7 +487,7 @@ async fn prepare(
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = kube::Client::try_from(config).map_err(CliError::Client)?;
     let options = SyncOptions {
-        target: source.target(&namespace),
+        target: source.target(&namespace)?,
         apply,
         prune,
         wait: None,

@@ -89,6 +89,20 @@ pub struct GitSyncSpec {
     /// Ready only once the applied objects are healthy.
     #[serde(default)]
     pub wait: bool,
+    /// Decrypt SOPS-encrypted manifests with the age keys of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+}
+
+/// How encrypted manifests are decrypted.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decryption {
+    /// `sops` (the only provider).
+    #[schemars(regex(pattern = r"^sops$"))]
+    pub provider: String,
+    /// Secret in the GitSync's namespace whose keys ending in `.agekey` hold age secret keys.
+    pub secret_ref: LocalObjectReference,
 }
 
 /// Exactly one of `branch`, `tag` or `commit`.
@@ -191,6 +205,8 @@ pub enum SpecError {
     },
     #[error("spec.url: must not be empty")]
     Url,
+    #[error("spec.decryption.provider: {0:?} is not supported (only sops)")]
+    Provider(String),
 }
 
 impl GitSyncSpec {
@@ -222,6 +238,9 @@ impl GitSyncSpec {
         self.git_ref()?;
         self.interval()?;
         self.timeout()?;
+        if let Some(d) = self.decryption.as_ref().filter(|d| d.provider != "sops") {
+            return Err(SpecError::Provider(d.provider.clone()));
+        }
         Ok(())
     }
 }

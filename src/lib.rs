@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod prune;
+pub mod sops;
 pub mod source;
 pub mod sync;
 pub mod telemetry;

@@ -9,6 +9,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::sops::{Keys, Node, SopsError};
+
 /// Largest manifest file read; larger files are refused rather than parsed.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Largest total of all manifest files in one sync.
@@ -104,6 +106,11 @@ pub enum ManifestError {
         column: usize,
         message: String,
     },
+    #[error("{file}: cannot decrypt: {reason}")]
+    Sops {
+        file: String,
+        reason: crate::sops::SopsError,
+    },
     #[error("{origin}: is not a Kubernetes object (the document is not a mapping)")]
     NotAMapping { origin: Origin },
     #[error("{origin}{object}: missing or empty {field}")]
@@ -143,7 +150,16 @@ pub struct ManifestErrors(pub Vec<ManifestError>);
 /// are read. Hidden files and directories (name starting with `.`) are skipped, as are paths that
 /// match the root's `.kubesyncignore`. Symlinks are followed when they stay inside the repository.
 pub fn load(root: &Path, paths: &[String]) -> Result<Vec<Manifest>, ManifestErrors> {
-    let mut loader = Loader::new(root);
+    load_with_keys(root, paths, &Keys::default())
+}
+
+/// [`load`], decrypting SOPS-encrypted files with `keys`.
+pub fn load_with_keys(
+    root: &Path,
+    paths: &[String],
+    keys: &Keys,
+) -> Result<Vec<Manifest>, ManifestErrors> {
+    let mut loader = Loader::new(root, keys.clone());
     let paths: Vec<String> = if paths.is_empty() {
         vec![".".into()]
     } else {
@@ -167,10 +183,11 @@ struct Loader {
     errors: Vec<ManifestError>,
     seen_files: HashSet<PathBuf>,
     total_bytes: u64,
+    keys: Keys,
 }
 
 impl Loader {
-    fn new(root: &Path) -> Self {
+    fn new(root: &Path, keys: Keys) -> Self {
         let canonical_root = root.canonicalize().ok();
         let ignore_path = root.join(IGNORE_FILE);
         let ignore = ignore_path.is_file().then(|| {
@@ -187,6 +204,7 @@ impl Loader {
             errors: Vec::new(),
             seen_files: HashSet::new(),
             total_bytes: 0,
+            keys,
         }
     }
 
@@ -340,7 +358,7 @@ impl Loader {
                 return;
             }
         };
-        match parse_file(&file, &bytes) {
+        match parse_file_with_keys(&file, &bytes, &self.keys) {
             Ok(mut manifests) => self.manifests.append(&mut manifests),
             Err(mut errors) => self.errors.append(&mut errors),
         }
@@ -354,6 +372,15 @@ fn has_manifest_extension(name: &str) -> bool {
 
 /// Parses one file's bytes into manifests. `file` is the repo-relative name used in errors.
 pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    parse_file_with_keys(file, bytes, &Keys::default())
+}
+
+/// [`parse_file`], decrypting the file with `keys` when SOPS encrypted it.
+pub fn parse_file_with_keys(
+    file: &str,
+    bytes: &[u8],
+    keys: &Keys,
+) -> Result<Vec<Manifest>, Vec<ManifestError>> {
     // NUL bytes are valid UTF-8 but never text.
     let Ok(text) = std::str::from_utf8(bytes)
         .map_err(|_| ())
@@ -362,11 +389,23 @@ pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>, Vec<Manifes
         return Err(vec![ManifestError::NotUtf8 { file: file.into() }]);
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let documents = if file.to_ascii_lowercase().ends_with(".json") {
+    let is_json = file.to_ascii_lowercase().ends_with(".json");
+    let mut documents = if is_json {
         parse_json(file, text)?
     } else {
         parse_yaml(file, text)?
     };
+    let sops_error = |reason| {
+        vec![ManifestError::Sops {
+            file: file.into(),
+            reason,
+        }]
+    };
+    if documents.iter().any(crate::sops::is_encrypted) {
+        documents = decrypt(file, text, is_json, keys).map_err(sops_error)?;
+    } else if documents.iter().any(crate::sops::holds_encrypted_values) {
+        return Err(sops_error(SopsError::MissingMetadata));
+    }
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
     for (index, value) in documents.into_iter().enumerate() {
@@ -385,6 +424,29 @@ pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>, Vec<Manifes
     } else {
         Err(errors)
     }
+}
+
+/// A SOPS file, parsed again with its key order (the MAC depends on it) and decrypted. The text
+/// already parsed once, so parse errors cannot happen here.
+fn decrypt(file: &str, text: &str, is_json: bool, keys: &Keys) -> Result<Vec<Value>, SopsError> {
+    let unparsable = || SopsError::Metadata(format!("{file} cannot be read as a SOPS tree"));
+    let documents: Vec<Node> = if is_json {
+        vec![serde_json::from_str(text).map_err(|_| unparsable())?]
+    } else {
+        let mut documents = Vec::new();
+        for (chunk, _) in split_documents(text) {
+            if chunk.trim().is_empty() || only_comments(chunk) {
+                continue;
+            }
+            match serde_saphyr::from_str_with_options::<Option<Node>>(chunk, yaml_options()) {
+                Ok(Some(Node::Null) | None) => {}
+                Ok(Some(node)) => documents.push(node),
+                Err(_) => return Err(unparsable()),
+            }
+        }
+        documents
+    };
+    crate::sops::decrypt(documents, keys)
 }
 
 fn parse_json(file: &str, text: &str) -> Result<Vec<Value>, Vec<ManifestError>> {

@@ -7,6 +7,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::context::Context;
 use crate::crd::GitSync;
+use crate::sops::Keys;
 use crate::source::Auth;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,16 @@ pub enum CredentialsError {
         namespace: String,
         name: String,
         key: String,
+    },
+    #[error("Secret {namespace}/{name} (spec.decryption.secretRef) has no key ending in .agekey")]
+    NoAgeKeys { namespace: String, name: String },
+    #[error("Secret {namespace}/{name}: key {key}: {source}")]
+    AgeKey {
+        namespace: String,
+        name: String,
+        key: String,
+        #[source]
+        source: crate::sops::KeyError,
     },
     #[error("writing {path}: {source}")]
     Write {
@@ -92,6 +103,39 @@ pub async fn git_auth(
     auth.password =
         (secret.text("password")?).map(|p| p.trim_end_matches(['\r', '\n']).to_string());
     Ok(auth)
+}
+
+/// The age keys of the GitSync's `spec.decryption` Secret: every key whose name ends in
+/// `.agekey` (as Flux reads them), each holding one or more age secret keys.
+pub async fn age_keys(ctx: &Context, sync: &GitSync) -> Result<Keys, CredentialsError> {
+    let Some(decryption) = &sync.spec.decryption else {
+        return Ok(Keys::default());
+    };
+    let namespace = sync.namespace().unwrap_or_default();
+    let secret = SecretData::read(ctx, &namespace, &decryption.secret_ref.name).await?;
+    let mut keys = Keys::default();
+    let names: Vec<String> = (secret.data.keys())
+        .filter(|k| k.ends_with(".agekey"))
+        .cloned()
+        .collect();
+    for key in &names {
+        let text = secret.text(key)?.unwrap_or_default();
+        keys.extend(
+            Keys::parse(&text).map_err(|source| CredentialsError::AgeKey {
+                namespace: namespace.clone(),
+                name: secret.name.clone(),
+                key: key.clone(),
+                source,
+            })?,
+        );
+    }
+    if keys.is_empty() {
+        return Err(CredentialsError::NoAgeKeys {
+            namespace,
+            name: secret.name,
+        });
+    }
+    Ok(keys)
 }
 
 /// The data of a Secret, with its name for messages.

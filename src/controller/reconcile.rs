@@ -14,7 +14,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
-use super::credentials::{apply_client, git_auth};
+use super::credentials::{age_keys, apply_client, git_auth};
 use super::events::publish;
 use super::schedule::{Due, backoff, due, jittered, known_status};
 use super::status::{StatusUpdate, interrupted_sync, patch_status, reason};
@@ -267,6 +267,7 @@ async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncRepor
         let auth = git_auth(ctx, sync, &work_dir).await.map_err(credentials)?;
         let reference = sync.spec.git_ref().map_err(SyncError::from)?;
         let apply = apply_client(ctx, sync).map_err(credentials)?;
+        let keys = age_keys(ctx, sync).await.map_err(credentials)?;
         let spec = SourceSpec {
             url: sync.spec.url.clone(),
             reference,
@@ -277,13 +278,14 @@ async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncRepor
             apply,
             parent: ctx.client.clone(),
         };
-        Ok::<_, SyncError>((spec, clients))
+        Ok::<_, SyncError>((spec, clients, keys))
     };
-    let (spec, clients) = match prepared.await {
+    let (spec, clients, keys) = match prepared.await {
         Ok(p) => p,
         Err(e) => return SyncReport::failed(&name, e),
     };
-    let options = sync_options(ctx, sync, timeout);
+    let mut options = sync_options(ctx, sync, timeout);
+    options.target.decryption = keys;
     crate::sync::sync_source(&clients, &spec, &work_dir.join("git"), &options).await
 }
 

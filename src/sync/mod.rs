@@ -165,7 +165,9 @@ fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
 
 /// Manifests: any error fails the sync before anything is applied.
 fn load(checkout: &Checkout, options: &SyncOptions) -> Result<Vec<Manifest>, SyncError> {
-    manifests::load(&checkout.dir, &options.target.paths).map_err(|e| SyncError::Manifests(e.0))
+    let target = &options.target;
+    manifests::load_with_keys(&checkout.dir, &target.paths, &target.decryption)
+        .map_err(|e| SyncError::Manifests(e.0))
 }
 
 /// Resolves every object against the API; its warnings go to the report.

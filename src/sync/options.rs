@@ -9,6 +9,7 @@ use crate::apply::ApplyOptions;
 use crate::applyset::Parent;
 use crate::plan::PlanContext;
 use crate::prune::PrunePolicy;
+use crate::sops::Keys;
 
 /// What a sync applies and where its set is recorded.
 #[derive(Clone, Debug)]
@@ -21,6 +22,8 @@ pub struct Target {
     pub paths: Vec<String>,
     /// The ApplySet parent. None: a Secret named `name` in the default namespace (the CLI's).
     pub parent: Option<Parent>,
+    /// Age keys for SOPS-encrypted files.
+    pub decryption: Keys,
 }
 
 impl Target {
@@ -63,6 +66,7 @@ impl SyncOptions {
                 default_namespace: default_namespace.into(),
                 paths: vec![".".into()],
                 parent: None,
+                decryption: Keys::default(),
             },
             apply: ApplyOptions::default(),
             prune: PrunePolicy::default(),

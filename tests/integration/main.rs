@@ -17,6 +17,7 @@ mod homelab;
 mod https;
 mod layout;
 mod security;
+mod sops;
 mod ssh;
 mod testbed;
 mod tutorial;

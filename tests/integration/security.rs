@@ -16,6 +16,7 @@ use crate::support::controller::{ControllerProcess, create_gitsync, http, instal
 use crate::support::git::{GitDaemon, GitRepo};
 use crate::support::manifests::configmap;
 use crate::support::servers::{PASSWORD, USER, start_lighttpd};
+use crate::support::sops::{age_key, sops_encrypt};
 use crate::support::{TestNamespace, eventually};
 
 const IN_GIT: &str = "canary-in-git-4Fz9";
@@ -24,6 +25,7 @@ const IN_REJECTED: &str = "canary-rejected-Lp7w";
 const WRONG_PASSWORD: &str = "canary-wrong-password-Hk3v";
 const WEBHOOK_TOKEN: &str = "canary-webhook-token-Zr8q";
 const DRIFTED: &str = "canary-drifted-Vb5n";
+const IN_SOPS: &str = "canary-in-sops-Wd6t";
 
 fn forms(value: &str) -> Vec<String> {
     vec![
@@ -41,6 +43,7 @@ fn assert_clean(place: &str, text: &str) {
         WEBHOOK_TOKEN,
         DRIFTED,
         PASSWORD,
+        IN_SOPS,
     ] {
         for form in forms(canary) {
             assert!(
@@ -368,6 +371,83 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
         "the wrong one does not: {}",
         outputs[4].1
     );
+
+    // SOPS: a GitSync decrypts an encrypted Secret, then the file is damaged; the CLI renders it
+    // with the key.
+    let keys_dir = tempfile::tempdir().expect("tempdir");
+    let age = age_key(keys_dir.path(), "k");
+    let plain_secret = keys_dir.path().join("plain.yaml");
+    std::fs::write(&plain_secret, secret_yaml("sops-db", IN_SOPS)).expect("write");
+    let encrypted = sops_encrypt(
+        &plain_secret,
+        &[&age],
+        &["--encrypted-regex", "^(data|stringData)$"],
+    );
+    let sops_repo = GitRepo::new();
+    sops_repo.write("secret.enc.yaml", &encrypted);
+    sops_repo.commit_and_push("encrypted");
+    let sops_daemon = GitDaemon::start(sops_repo.root.path());
+    let age_secret = serde_json::from_value(
+        json!({"metadata": {"name": "age"}, "stringData": {"k.agekey": age.text}}),
+    )
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &age_secret)
+        .await
+        .expect("age secret");
+    let sops_url = format!("git://127.0.0.1:{}/remote.git", sops_daemon.port);
+    create_gitsync(
+        &ns,
+        "sops",
+        json!({"url": sops_url, "interval": "1h",
+        "decryption": {"provider": "sops", "secretRef": {"name": "age"}}}),
+    )
+    .await;
+    ready("sops", "True").await;
+    let marker = "password: ENC[AES256_GCM,data:";
+    let at = encrypted.find(marker).expect("encrypted password") + marker.len();
+    let mut damaged = encrypted.clone();
+    let flipped = if &damaged[at..at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    damaged.replace_range(at..at + 1, flipped);
+    sops_repo.write("secret.enc.yaml", &damaged);
+    sops_repo.commit_and_push("damaged");
+    kubectl(&[
+        "annotate",
+        "--overwrite",
+        "-n",
+        &ns.name,
+        "gitsync/sops",
+        "kubesync.dev/requestedAt=damaged",
+    ]);
+    ready("sops", "False").await;
+    let sops_dir = work.path().join("sops");
+    std::fs::create_dir_all(&sops_dir).expect("mkdir");
+    std::fs::write(sops_dir.join("secret.enc.yaml"), &encrypted).expect("write");
+    let rendered = cli(
+        &[
+            "render",
+            "--repo",
+            &sops_dir.display().to_string(),
+            "--name",
+            "s",
+            "-n",
+            &ns.name,
+            "--age-key-file",
+            &age.file.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(
+        rendered.contains("password: '***'")
+            || rendered.contains("password: \"***\"")
+            || rendered.contains("password: ***"),
+        "{rendered}"
+    );
+    outputs.push(("cli render of a SOPS file", rendered));
 
     // Now search every place.
     let gitsyncs: Api<GitSync> = Api::namespaced(ns.client.clone(), &ns.name);

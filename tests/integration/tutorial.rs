@@ -244,4 +244,52 @@ async fn the_homelab_tutorial_works_after_installing_k3s() {
         "an edit shows: {}",
         crate::support::output_text(&changed)
     );
+
+    // 11. A password in Git with SOPS and age, as the tutorial does it (the key outside the
+    // repository, only the encrypted file committed).
+    crate::support::git::git(&repo.work(), &["checkout", "--", "examples/homelab"]);
+    let key = dir.path().join("homelab.agekey");
+    let password = "tutorial-Pw-never-shown";
+    let work = repo.work();
+    sh(&format!(
+        "cd {work}
+         age-keygen -o {key} 2>/dev/null
+         recipient=$(grep 'public key' {key} | cut -d' ' -f4)
+         printf 'creation_rules:\\n  - path_regex: .*\\\\.enc\\\\.yaml$\\n    encrypted_regex: ^(data|stringData)$\\n    age: %s\\n' \"$recipient\" > .sops.yaml
+         printf 'apiVersion: v1\\nkind: Secret\\nmetadata:\\n  name: rails-db\\n  namespace: {ns}\\nstringData:\\n  password: {password}\\n' > examples/homelab/db-password.enc.yaml
+         sops --encrypt --in-place examples/homelab/db-password.enc.yaml
+         ! grep -q {password} examples/homelab/db-password.enc.yaml",
+        work = work.display(),
+        key = key.display(),
+        ns = home.name,
+    ));
+    let encrypted = repo.commit_and_push("db password");
+    sh(&format!(
+        "kubectl -n {ns} create secret generic sops-age --from-file={key} >/dev/null
+         kubectl -n {ns} patch gitsync homelab --type merge \\
+           -p '{{\"spec\":{{\"decryption\":{{\"provider\":\"sops\",\"secretRef\":{{\"name\":\"sops-age\"}}}}}}}}' >/dev/null",
+        ns = home.name,
+        key = key.display(),
+    ));
+    let gitsyncs: Api<GitSync> = Api::namespaced(home.client.clone(), &home.name);
+    crate::support::controller::wait_for_revision(
+        &gitsyncs,
+        "homelab",
+        &encrypted,
+        Duration::from_secs(90),
+    )
+    .await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(home.client.clone(), &home.name);
+    let db = secrets
+        .get("rails-db")
+        .await
+        .expect("the decrypted Secret is applied");
+    assert_eq!(
+        db.data
+            .unwrap_or_default()
+            .get("password")
+            .map(|v| v.0.clone()),
+        Some(password.as_bytes().to_vec())
+    );
 }

@@ -4,6 +4,7 @@ pub mod faults;
 pub mod git;
 pub mod manifests;
 pub mod servers;
+pub mod sops;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
