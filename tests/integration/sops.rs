@@ -295,37 +295,26 @@ async fn a_gitsync_decrypts_with_its_secret_and_survives_a_key_rotation() {
         Some(PASSWORD.as_bytes().to_vec())
     );
 
+    // Replaces the Secret's keys: only those given remain.
+    let set_keys = |keys: &[&AgeKey]| {
+        let mut replacement = key_secret(keys);
+        let secrets = secrets.clone();
+        async move {
+            let current = secrets.get("sops-age").await.expect("get");
+            replacement.metadata.resource_version = current.metadata.resource_version;
+            (secrets
+                .replace("sops-age", &Default::default(), &replacement)
+                .await)
+                .expect("replace the keys");
+        }
+    };
     // Rotation: both keys in the Secret, the file re-encrypted for the new key only, then the
     // old key removed. Every revision is applied; the Secret never changes.
-    secrets
-        .replace("sops-age", &Default::default(), &{
-            let mut s = key_secret(&[&old, &new]);
-            s.metadata.resource_version = secrets
-                .get("sops-age")
-                .await
-                .expect("get")
-                .metadata
-                .resource_version;
-            s
-        })
-        .await
-        .expect("both keys");
+    set_keys(&[&old, &new]).await;
     repo.write("app/secret.enc.yaml", &enc(&new));
     let second = repo.commit_and_push("re-encrypted for the new key");
     wait_for_revision(&api, "app", &second, Duration::from_secs(60)).await;
-    secrets
-        .replace("sops-age", &Default::default(), &{
-            let mut s = key_secret(&[&new]);
-            s.metadata.resource_version = secrets
-                .get("sops-age")
-                .await
-                .expect("get")
-                .metadata
-                .resource_version;
-            s
-        })
-        .await
-        .expect("new key only");
+    set_keys(&[&new]).await;
     repo.write("app/other.yaml", &configmap("after-rotation", "1"));
     let third = repo.commit_and_push("a change after the rotation");
     wait_for_revision(&api, "app", &third, Duration::from_secs(60)).await;
