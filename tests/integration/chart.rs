@@ -290,7 +290,7 @@ async fn the_charts_rbac_is_enough_and_namespace_scope_is_enforced() {
     repo.write("a.yaml", &configmap("from-chart", "one"));
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let dir = tempfile::tempdir().expect("tempdir");
 
     // The whole rendered chart (CRD included) applies server-side.

@@ -4,16 +4,14 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
-use sha2::Sha256;
 
 use crate::support::controller::{
     ControllerProcess, applied_revision, create_gitsync, http, install_crd, lease_holder,
-    wait_for_revision,
+    sign_webhook, wait_for_revision,
 };
 use crate::support::git::{GitDaemon, GitRepo, free_port};
 use crate::support::manifests::configmap;
@@ -46,7 +44,7 @@ async fn gitsync_follows_commits_prunes_suspends_and_takes_requests() {
     repo.write("app/b.yaml", &configmap("b", "one"));
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,
@@ -170,16 +168,6 @@ async fn gitsync_follows_commits_prunes_suspends_and_takes_requests() {
     assert_eq!(status.last_handled_requested_at.as_deref(), Some("now-1"));
 }
 
-fn sign(token: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(token).expect("key");
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
     let ns = TestNamespace::new("hook").await;
@@ -198,7 +186,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
     repo.write("a.yaml", &configmap("a", "one"));
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,
@@ -214,7 +202,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
     let path = format!("/hooks/{}/app", ns.name);
 
     // Bad signature, no signature, unknown GitSync: 401, and nothing is synced.
-    let bad = sign(b"wrong-token", body);
+    let bad = sign_webhook(b"wrong-token", body);
     let (status, _) = http(
         controller.port,
         "POST",
@@ -225,7 +213,7 @@ async fn a_signed_webhook_syncs_at_once_and_a_bad_one_gets_401() {
     assert_eq!(status, 401);
     let (status, _) = http(controller.port, "POST", &path, &[], body);
     assert_eq!(status, 401);
-    let good = sign(token.as_bytes(), body);
+    let good = sign_webhook(token.as_bytes(), body);
     let (status, _) = http(
         controller.port,
         "POST",
@@ -340,7 +328,7 @@ async fn prometheus_scrapes_the_metrics_and_the_status_page_shows_the_revision()
     repo.write("a.yaml", &configmap("a", "one"));
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let controller = ControllerProcess::start(&ns.name, &[]);
     assert_eq!(controller.get("/healthz").0, 200);
     let api = create_gitsync(&ns, "web", json!({"url": url, "interval": "1h"})).await;
@@ -461,7 +449,7 @@ async fn two_controllers_one_leads_and_the_other_takes_over_when_it_dies() {
     repo.write("a.yaml", &configmap("a", "one"));
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let election = |id: &'static str| {
         ControllerProcess::start(
             &ns.name,
@@ -569,7 +557,7 @@ async fn a_gitsync_cannot_do_more_than_its_service_account() {
     );
     repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,
@@ -636,7 +624,7 @@ spec:
     );
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,

@@ -89,7 +89,7 @@ async fn git_daemon_url_and_missing_refs() {
     git(&repo.work(), &["tag", "v1.0"]);
     git(&repo.work(), &["push", "-q", "origin", "v1.0"]);
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let cache = tempfile::tempdir().expect("cache");
     let report = sync_git(&ns, &url, cache.path()).await;
     assert!(report.succeeded(), "{:?}", report.errors);

@@ -43,7 +43,7 @@ async fn synced_once(prefix: &str) -> (TestNamespace, GitRepo, GitDaemon, tempfi
     repo.commit_and_push("a");
     let daemon = GitDaemon::start(repo.root.path());
     let cache = tempfile::tempdir().expect("cache");
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     assert!(
         sync(&ns, &url, cache.path(), Duration::from_secs(20))
             .await
@@ -191,7 +191,7 @@ async fn a_deleted_repository_fails_and_a_restored_one_converges() {
     repo.write("b.yaml", &configmap("b", "1"));
     repo.commit_and_push("ab");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let cache = tempfile::tempdir().expect("cache");
     assert!(
         sync(&ns, &url, cache.path(), Duration::from_secs(20))
@@ -227,7 +227,7 @@ async fn history_replaced_by_an_unrelated_one_is_followed() {
     repo.write("old.yaml", &configmap("old", "1"));
     let first = repo.commit_and_push("old history");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let cache = tempfile::tempdir().expect("cache");
     assert!(
         sync(&ns, &url, cache.path(), Duration::from_secs(20))
@@ -260,7 +260,7 @@ async fn an_unusable_cache_fails_clearly_and_prunes_nothing() {
     repo.write("a.yaml", &configmap("a", "1"));
     repo.commit_and_push("a");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
     assert!(

@@ -12,7 +12,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kubesync::crd::GitSync;
 use serde_json::json;
 
-use crate::support::controller::{ControllerProcess, create_gitsync, http, install_crd};
+use crate::support::controller::{
+    ControllerProcess, create_gitsync, http, install_crd, sign_webhook,
+};
 use crate::support::git::{GitDaemon, GitRepo};
 use crate::support::manifests::configmap;
 use crate::support::servers::{PASSWORD, USER, start_lighttpd};
@@ -101,7 +103,7 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
     );
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    let git_url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let git_url = daemon.url();
     let https = start_lighttpd(repo.root.path());
     let https_url = format!("https://127.0.0.1:{}/git/remote.git", https.port);
     let ca = https.dir.path().join("ca.pem");
@@ -192,16 +194,7 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
         .await
         .expect("drift");
     let body = br#"{"ref":"refs/heads/main"}"#;
-    let signature = {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_TOKEN.as_bytes()).expect("key");
-        mac.update(body);
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let signature = sign_webhook(WEBHOOK_TOKEN.as_bytes(), body);
     let (status, _) = http(
         controller.port,
         "POST",
@@ -395,7 +388,7 @@ async fn secret_values_reach_no_log_event_status_metric_or_output() {
         .create(&PostParams::default(), &age_secret)
         .await
         .expect("age secret");
-    let sops_url = format!("git://127.0.0.1:{}/remote.git", sops_daemon.port);
+    let sops_url = sops_daemon.url();
     create_gitsync(
         &ns,
         "sops",
@@ -504,12 +497,7 @@ async fn the_controller_writes_only_to_its_cache() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("unshare (util-linux)");
-    let api = create_gitsync(
-        &ns,
-        "ro",
-        json!({"url": format!("git://127.0.0.1:{}/remote.git", daemon.port), "interval": "1h"}),
-    )
-    .await;
+    let api = create_gitsync(&ns, "ro", json!({"url": daemon.url(), "interval": "1h"})).await;
     let ready = tokio::time::timeout(
         Duration::from_secs(40),
         eventually(

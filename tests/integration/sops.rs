@@ -274,7 +274,7 @@ async fn a_gitsync_decrypts_with_its_secret_and_survives_a_key_rotation() {
     repo.write("app/secret.enc.yaml", &enc(&old));
     let first = repo.commit_and_push("encrypted for the old key");
     let daemon = GitDaemon::start(repo.root.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let url = daemon.url();
     let controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,

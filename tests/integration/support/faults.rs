@@ -37,7 +37,7 @@ impl Fixture {
     }
 
     pub fn url(&self) -> String {
-        format!("git://127.0.0.1:{}/remote.git", self.daemon.port)
+        self.daemon.url()
     }
 }
 

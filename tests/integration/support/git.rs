@@ -84,6 +84,11 @@ pub struct GitDaemon {
 }
 
 impl GitDaemon {
+    /// The URL of the repository it serves (`remote.git` under its base path).
+    pub fn url(&self) -> String {
+        format!("git://127.0.0.1:{}/remote.git", self.port)
+    }
+
     pub fn start(base: &Path) -> GitDaemon {
         Self::start_on(base, free_port())
     }

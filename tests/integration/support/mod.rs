@@ -152,6 +152,12 @@ pub fn run(command: &mut std::process::Command) -> String {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("{command:?} does not start (is the testbed's PATH set?): {e}"));
+    succeeded(command, out)
+}
+
+/// The standard output of a finished command; fails the test with its output and errors unless
+/// it succeeded.
+fn succeeded(command: &std::process::Command, out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{command:?}: {}{}",
@@ -175,13 +181,7 @@ pub fn run_with_input(command: &mut std::process::Command, input: &str) -> Strin
     stdin.write_all(input.as_bytes()).expect("write stdin");
     drop(stdin);
     let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeded(command, out)
 }
 
 /// Standard output and standard error of a finished command, as one text for assertions.
