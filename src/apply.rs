@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::applyset::LiveObject;
+use crate::drift::Fingerprint;
 use crate::health::Health;
 use crate::kube_ext::{SERVER_OWNED_METADATA, applied_by, dynamic_api, is_apply_by, managers};
 use crate::manifests::Origin;
@@ -85,6 +86,9 @@ pub struct ApplyOutcome {
     pub drift_corrected: bool,
     /// Health of the object as the server holds it after this stage (None when the apply failed).
     pub health: Option<Health>,
+    /// Its metadata as the server holds it after this stage, to tell later changes made in the
+    /// cluster from this write (None when the apply failed or was a dry run).
+    pub fingerprint: Option<Fingerprint>,
     /// Dry runs only (for the diff): the object as the server would hold it.
     pub live: Option<DynamicObject>,
     /// Dry runs only (for the diff): the object before, when it existed and was listed.
@@ -245,6 +249,7 @@ pub async fn apply_stage(
                     action: Action::Failed(ApplyError::Timeout(options.timeout).to_string()),
                     drift_corrected: false,
                     health: None,
+                    fingerprint: None,
                     live: None,
                     before: before.filter(|_| options.dry_run).cloned(),
                 },
@@ -280,6 +285,9 @@ async fn apply_one(
         action,
         drift_corrected,
         health: live.map(|l| health_of(&planned.key, l)),
+        fingerprint: live
+            .filter(|_| !options.dry_run)
+            .map(|l| Fingerprint::of(&l.metadata)),
         live: live.filter(|_| options.dry_run).cloned(),
         before: before.filter(|_| options.dry_run).cloned(),
     };

@@ -231,6 +231,11 @@ pub struct ControllerArgs {
     /// GitSyncs synced at the same time.
     #[arg(long, env = "KUBESYNC_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// While the watches on a GitSync's objects see no drift and its revision does not move,
+    /// only one interval in this many runs a full sync (list and apply everything); the others
+    /// fetch and stop there. 1: every interval is a full sync.
+    #[arg(long, env = "KUBESYNC_FULL_SYNC_EVERY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_sync_every: u32,
     /// Elect a leader with a Lease, so that of several replicas only one syncs.
     #[arg(long, env = "KUBESYNC_LEADER_ELECTION")]
     pub leader_election: bool,
@@ -393,6 +398,7 @@ async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
         field_manager: args.field_manager.clone(),
         concurrency: args.concurrency.max(1),
         identity,
+        full_sync_every: args.full_sync_every,
     };
     let process = crate::controller::ProcessConfig {
         http_addr: args.http_addr,

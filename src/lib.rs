@@ -7,6 +7,7 @@ pub mod applyset;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod drift;
 pub mod duration;
 pub mod health;
 pub mod http;

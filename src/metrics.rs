@@ -98,12 +98,42 @@ pub struct Metrics {
     fetch_failures: Family<SyncLabels, Counter>,
     source_info: Family<SourceLabels, Gauge>,
     suspended: Family<SyncLabels, Gauge>,
+    watches: WatchMetrics,
     commit_to_applied: Histograms,
     /// The revision each sync's `kubesync_source_info` series carries (one series per sync).
     revisions: Mutex<HashMap<String, String>>,
 }
 
 type Histograms = Family<SyncLabels, Histogram, fn() -> Histogram>;
+
+/// What the controller's watches on managed objects do between syncs.
+struct WatchMetrics {
+    watched: Family<SyncLabels, Gauge>,
+    repairs: Family<SyncLabels, Counter>,
+    idle_intervals: Family<SyncLabels, Counter>,
+}
+
+impl WatchMetrics {
+    fn new(r: &mut Registry) -> WatchMetrics {
+        WatchMetrics {
+            watched: registered(
+                r,
+                "kubesync_watched_objects",
+                "Objects the controller watches for drift (0: drift waits for the next full sync)",
+            ),
+            repairs: registered(
+                r,
+                "kubesync_drift_repairs",
+                "Repairs: objects that changed in the cluster re-applied between syncs",
+            ),
+            idle_intervals: registered(
+                r,
+                "kubesync_idle_intervals",
+                "Intervals that found the revision unchanged and the watches quiet: no sync ran",
+            ),
+        }
+    }
+}
 
 /// A new metric, registered.
 fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
@@ -209,6 +239,7 @@ impl Metrics {
                 "kubesync_suspended",
                 "1 when the GitSync is suspended",
             ),
+            watches: WatchMetrics::new(&mut r),
             commit_to_applied: registered_histogram(
                 &mut r,
                 "kubesync_commit_to_applied_seconds",
@@ -359,6 +390,29 @@ impl Metrics {
             .set(count as i64);
     }
 
+    /// A repair between syncs: the objects it wrote count as drift corrected.
+    pub fn record_repair(&self, sync: &str, report: &SyncReport) {
+        let labels = SyncLabels { sync: sync.into() };
+        self.watches.repairs.get_or_create(&labels).inc();
+        let s = &report.summary;
+        let written = s.created + s.configured + s.recreated;
+        self.drift_corrected
+            .get_or_create(&labels)
+            .inc_by(written as u64);
+    }
+
+    pub fn record_idle_interval(&self, sync: &str) {
+        let labels = SyncLabels { sync: sync.into() };
+        self.watches.idle_intervals.get_or_create(&labels).inc();
+    }
+
+    pub fn set_watched(&self, sync: &str, objects: usize) {
+        self.watches
+            .watched
+            .get_or_create(&SyncLabels { sync: sync.into() })
+            .set(objects as i64);
+    }
+
     pub fn set_suspended(&self, sync: &str, suspended: bool) {
         self.suspended
             .get_or_create(&SyncLabels { sync: sync.into() })
@@ -368,10 +422,21 @@ impl Metrics {
     /// Drops every series of a deleted GitSync, counters and histograms included.
     pub fn forget(&self, sync: &str) {
         let labels = SyncLabels { sync: sync.into() };
-        for family in [&self.managed, &self.unhealthy, &self.suspended] {
+        for family in [
+            &self.managed,
+            &self.unhealthy,
+            &self.suspended,
+            &self.watches.watched,
+        ] {
             family.remove(&labels);
         }
-        for family in [&self.pruned, &self.drift_corrected, &self.fetch_failures] {
+        for family in [
+            &self.pruned,
+            &self.drift_corrected,
+            &self.fetch_failures,
+            &self.watches.repairs,
+            &self.watches.idle_intervals,
+        ] {
             family.remove(&labels);
         }
         for family in [

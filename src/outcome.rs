@@ -2,6 +2,7 @@
 //! decided it, in one vocabulary that the CLI, the GitSync status, Events and metrics all read.
 use kube::discovery::ApiResource;
 
+use crate::drift::Fingerprint;
 use crate::health::Health;
 use crate::manifests::Origin;
 use crate::plan::ObjectKey;
@@ -57,6 +58,9 @@ pub struct ObjectReport {
     pub drift_corrected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// The object's metadata after the sync (applied objects only), for drift detection.
+    #[serde(skip)]
+    pub fingerprint: Option<Fingerprint>,
     /// Where to read the object again (applied objects only), for health checks between syncs.
     #[serde(skip)]
     pub target: Option<(ObjectKey, ApiResource)>,
@@ -128,6 +132,7 @@ mod tests {
             result,
             drift_corrected,
             health,
+            fingerprint: None,
             target: None,
         }
     }

@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::watches::Watches;
 use crate::crd::GitSync;
 use crate::metrics::Metrics;
 use crate::plan::ObjectKey;
@@ -27,6 +28,9 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// Name of this replica (Events, Lease).
     pub identity: String,
+    /// While watches see no drift and the revision does not move, one interval in this many
+    /// runs a full sync (lists and applies everything); the others only fetch.
+    pub full_sync_every: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +93,14 @@ pub struct Context {
     memory: Mutex<Memory>,
     impersonating: Mutex<HashMap<String, Client>>,
     pub stop: watch::Receiver<bool>,
+    /// What each GitSync's watches saw since its last sync.
+    pub watches: Watches,
+    /// GitSyncs whose watches saw drift, for the controller to reconcile (taken once by `run`).
+    drifted: Mutex<Option<DriftedReceiver>>,
 }
+
+pub type DriftedReceiver =
+    futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<GitSync>>;
 
 /// `namespace/name` of a GitSync: the key of every per-GitSync map and metric series.
 pub fn key_of(sync: &GitSync) -> String {
@@ -108,6 +119,7 @@ impl Context {
         config: ControllerConfig,
         stop: watch::Receiver<bool>,
     ) -> Context {
+        let (trigger, drifted) = futures::channel::mpsc::unbounded();
         Context {
             client,
             kube_config,
@@ -116,7 +128,17 @@ impl Context {
             memory: Mutex::new(Memory::default()),
             impersonating: Mutex::new(HashMap::new()),
             stop,
+            watches: Watches::new(trigger),
+            drifted: Mutex::new(Some(drifted)),
         }
+    }
+
+    /// The GitSyncs whose watches see drift, as a stream of reconcile requests (once).
+    pub fn take_drifted(&self) -> Option<DriftedReceiver> {
+        self.drifted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn memory(&self) -> MutexGuard<'_, Memory> {
@@ -194,6 +216,7 @@ impl Context {
             memory.failures.remove(key);
             memory.rechecks.remove(key);
         }
+        self.watches.forget(key);
         self.metrics.forget(key);
     }
 }

@@ -8,6 +8,7 @@
 //! - `schedule`: when a sync is due;
 //! - `status`: the status each moment of a reconcile writes; `events`: Events;
 //! - `credentials`: Git credentials and the ServiceAccount's client;
+//! - `watches`: metadata watches on what each GitSync applied (drift, idle intervals);
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
 mod context;
 mod credentials;
@@ -18,6 +19,7 @@ mod schedule;
 mod status;
 #[cfg(test)]
 mod testing;
+mod watches;
 
 pub use context::{Context, ControllerConfig, ControllerError};
 pub use process::{ProcessConfig, ProcessError, run_process};

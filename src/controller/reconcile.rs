@@ -14,10 +14,11 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
-use super::credentials::{age_keys, apply_client, git_auth};
+use super::credentials::{CredentialsError, age_keys, apply_client, git_auth};
 use super::events::publish;
 use super::schedule::{Due, backoff, due, jittered, known_status};
 use super::status::{StatusUpdate, interrupted_sync, patch_status, reason};
+use super::watches::Repair;
 use crate::applyset::Parent;
 use crate::crd::{
     GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry, short_revision,
@@ -36,7 +37,10 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let mut controller = Controller::new(api, watcher::Config::default().any_semantic());
+    if let Some(drifted) = ctx.take_drifted() {
+        controller = controller.reconcile_on(drifted);
+    }
     let sweeper = tokio::spawn(forget_deleted(ctx.clone(), controller.store()));
     controller
         .with_config(config)
@@ -120,6 +124,8 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         return Ok(Action::await_change());
     };
     if sync.spec.suspend {
+        ctx.watches.forget(&key);
+        ctx.metrics.set_watched(&key, 0);
         if old_status.observed_generation != sync.metadata.generation {
             patch_status(&ctx, &sync, update.suspended()).await?;
         }
@@ -130,6 +136,9 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     view.status = Some(known_status(&old_status, ctx.finished(&key).as_ref()));
     let why = match due(&view, interval, failures, Timestamp::now()) {
         Due::In(wait) => {
+            if let Some(repair) = ctx.watches.take_drift(&key) {
+                repair_drift(&ctx, &sync, timeout, repair).await;
+            }
             let recheck = recheck_health(&ctx, &sync, &key).await?;
             return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
         }
@@ -137,6 +146,14 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     };
     if *ctx.stop.borrow() {
         return Ok(Action::await_change());
+    }
+    if why == "interval"
+        && let Some(applied) = ctx.watches.quiet(&key, ctx.config.full_sync_every)
+        && let Some(finished_at) = idle_interval(&ctx, &sync, &update, timeout, &applied).await?
+    {
+        let wait = jittered(interval, &key, finished_at);
+        let recheck = recheck_health(&ctx, &sync, &key).await?;
+        return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
     }
     info!(sync = %key, why, "sync due");
     let mut old_status = old_status.clone();
@@ -149,7 +166,9 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     };
     let progressing = format!("syncing ({why}) on {}", ctx.config.identity);
     patch_status(&ctx, &sync, update.progressing(&progressing)).await?;
+    ctx.watches.sync_started(&key);
     let report = run_sync(&ctx, &sync, timeout).await;
+    follow_applied(&ctx, &sync, &report);
     let finished_at = finish(&ctx, &sync, &update, &report).await?;
     let recheck = remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK);
     match report.failure {
@@ -259,21 +278,13 @@ async fn finish(
 
 /// Fetches credentials, builds the clients and runs the engine.
 async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncReport {
-    let namespace = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
-    let work_dir = ctx.config.cache_dir.join(&namespace).join(&name);
+    let work_dir = work_dir(ctx, sync);
     let credentials = |e| SyncError::Credentials(Box::new(e));
     let prepared = async {
-        let auth = git_auth(ctx, sync, &work_dir).await.map_err(credentials)?;
-        let reference = sync.spec.git_ref().map_err(SyncError::from)?;
+        let spec = source_spec(ctx, sync, &work_dir, timeout).await?;
         let apply = apply_client(ctx, sync).map_err(credentials)?;
         let keys = age_keys(ctx, sync).await.map_err(credentials)?;
-        let spec = SourceSpec {
-            url: sync.spec.url.clone(),
-            reference,
-            auth,
-            timeout,
-        };
         let clients = Clients {
             apply,
             parent: ctx.client.clone(),
@@ -287,6 +298,30 @@ async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncRepor
     let mut options = sync_options(ctx, sync, timeout);
     options.target.decryption = keys;
     crate::sync::sync_source(&clients, &spec, &work_dir.join("git"), &options).await
+}
+
+/// Where the GitSync's repository is cached.
+fn work_dir(ctx: &Context, sync: &GitSync) -> std::path::PathBuf {
+    let namespace = sync.namespace().unwrap_or_default();
+    ctx.config.cache_dir.join(namespace).join(sync.name_any())
+}
+
+/// The Git source of a GitSync, with its credentials.
+async fn source_spec(
+    ctx: &Context,
+    sync: &GitSync,
+    work_dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<SourceSpec, SyncError> {
+    let auth = git_auth(ctx, sync, work_dir)
+        .await
+        .map_err(|e| SyncError::Credentials(Box::new(e)))?;
+    Ok(SourceSpec {
+        url: sync.spec.url.clone(),
+        reference: sync.spec.git_ref().map_err(SyncError::from)?,
+        auth,
+        timeout,
+    })
 }
 
 /// The engine's options for a GitSync.
@@ -363,4 +398,119 @@ async fn recheck_health(
     let wait = next.as_ref().map(|_| HEALTH_RECHECK);
     ctx.set_recheck(key, next);
     Ok(wait)
+}
+
+/// After a full sync: the watches follow what it applied (or stop, after a failure).
+fn follow_applied(ctx: &Context, sync: &GitSync, report: &SyncReport) {
+    let key = key_of(sync);
+    let namespace = sync.namespace().unwrap_or_default();
+    let parent = Parent::git_sync(&sync.name_any(), &namespace);
+    match apply_client(ctx, sync) {
+        Ok(client) => ctx
+            .watches
+            .sync_finished(&key, sync, &client, &parent.id(), report),
+        Err(_) => ctx.watches.forget(&key),
+    }
+    ctx.metrics.set_watched(&key, ctx.watches.watched(&key));
+}
+
+/// An interval while the watches are quiet: fetch only. When the revision is still the one
+/// applied, nothing in the cluster is read or written but this GitSync's status (its
+/// lastSyncTime); returns when that was. None: the revision moved or the fetch failed (the
+/// full sync that follows reports it).
+async fn idle_interval(
+    ctx: &Context,
+    sync: &GitSync,
+    update: &StatusUpdate<'_>,
+    timeout: Duration,
+    applied: &str,
+) -> Result<Option<Timestamp>, ControllerError> {
+    let key = key_of(sync);
+    let work_dir = work_dir(ctx, sync);
+    let Ok(spec) = source_spec(ctx, sync, &work_dir, timeout).await else {
+        return Ok(None);
+    };
+    match crate::source::fetch(&spec, &work_dir.join("git")).await {
+        Ok(checkout) if checkout.revision == applied => {}
+        _ => return Ok(None),
+    }
+    ctx.watches.idle_interval(&key);
+    ctx.metrics.record_idle_interval(&key);
+    let finished_at = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
+    let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(finished_at);
+    patch_status(ctx, sync, json!({ "lastSyncTime": time })).await?;
+    ctx.set_finished(
+        &key,
+        Finished {
+            time: finished_at,
+            generation: update.generation,
+            requested_at: update.old.last_handled_requested_at.clone(),
+        },
+    );
+    tracing::debug!(sync = %key, "interval: revision unchanged, no drift seen");
+    Ok(Some(finished_at))
+}
+
+/// Re-applies the objects the watches saw drift on, from the applied revision's files; records
+/// it in metrics and an Event.
+async fn repair_drift(ctx: &Context, sync: &GitSync, timeout: Duration, repair: Repair) {
+    let key = key_of(sync);
+    for object in &repair.given_up {
+        warn!(sync = %key, %object, "changed again after {} repairs in a minute: something else \
+            keeps changing it; left to the next full sync", super::watches::REPAIRS_PER_WINDOW);
+    }
+    if repair.objects.is_empty() {
+        return;
+    }
+    let prepared = async {
+        let apply = apply_client(ctx, sync)?;
+        let keys = age_keys(ctx, sync).await?;
+        Ok::<_, CredentialsError>((apply, keys))
+    };
+    let report = match prepared.await {
+        Ok((apply, keys)) => {
+            let clients = Clients {
+                apply,
+                parent: ctx.client.clone(),
+            };
+            let mut options = sync_options(ctx, sync, timeout);
+            options.target.paths = repair.files;
+            options.target.decryption = keys;
+            options.prune.enabled = false;
+            crate::sync::repair(&clients, &repair.checkout, &options, &repair.objects).await
+        }
+        Err(e) => SyncReport::failed(&sync.name_any(), SyncError::Credentials(Box::new(e))),
+    };
+    ctx.watches.repair_finished(&key, &report);
+    ctx.metrics.record_repair(&key, &report);
+    let revision = short_revision(&repair.checkout.revision).to_string();
+    if let Some(step) = report.failure {
+        let first = report.first_problem().unwrap_or_default();
+        let note = format!("revision {revision}: repairing drift: {first}; left to the next sync");
+        publish(ctx, sync, EventType::Warning, step.reason(), note).await;
+        return;
+    }
+    let written: Vec<&str> = (report.objects.iter())
+        .filter(|o| o.result.writes())
+        .map(|o| o.object.as_str())
+        .collect();
+    if written.is_empty() {
+        return;
+    }
+    let shown = written
+        .iter()
+        .take(5)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = written.len().saturating_sub(5);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    let note =
+        format!("revision {revision}: changed in the cluster, re-applied from Git: {shown}{more}");
+    info!(sync = %key, objects = written.len(), "drift repaired");
+    publish(ctx, sync, EventType::Normal, reason::DRIFT_CORRECTED, note).await;
 }

@@ -18,6 +18,7 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SUSPENDED: &str = "Suspended";
     pub const INTERRUPTED: &str = "Interrupted";
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
 }
 
 /// Messages in conditions, Events and `lastError` are cut at this many characters.

@@ -14,7 +14,7 @@ use crate::health::Health;
 use crate::outcome::Action;
 use crate::plan::{self, DeferredObject, Discovery, ObjectKey, PlanContext, PlannedObject, Stage};
 
-const APPLY_ORDER: [Stage; 7] = [
+pub const APPLY_ORDER: [Stage; 7] = [
     Stage::Foundations,
     Stage::ClusterConfig,
     Stage::Config,
@@ -261,6 +261,7 @@ fn assumed_created(o: &PlannedObject) -> ApplyOutcome {
         action: Action::Created,
         drift_corrected: false,
         health: None,
+        fingerprint: None,
         live: serde_json::from_value(o.desired.clone()).ok(),
         before: None,
     }

@@ -125,6 +125,10 @@ pub enum SyncError {
     CrdNotEstablished { crd: String, timeout: Duration },
     #[error("apply failed for some objects; first: {first}")]
     Apply { first: String },
+    #[error(
+        "revision {revision} no longer holds {objects}: its checkout changed since it was synced"
+    )]
+    RepairTargetsGone { revision: String, objects: String },
     #[error("not healthy in time: {objects}")]
     Unhealthy { objects: String },
     #[error("pruning {object}: {reason}")]
@@ -139,7 +143,9 @@ impl SyncError {
             SyncError::Spec(_) => Step::Spec,
             SyncError::Credentials(_) => Step::Credentials,
             SyncError::Fetch(_) => Step::Source,
-            SyncError::Manifest(_) | SyncError::Manifests(_) => Step::Manifests,
+            SyncError::Manifest(_)
+            | SyncError::Manifests(_)
+            | SyncError::RepairTargetsGone { .. } => Step::Manifests,
             SyncError::Discovery(_) => Step::Discovery,
             SyncError::Plan(_) | SyncError::Plans(_) => Step::Plan,
             SyncError::ApplySet(_) | SyncError::MissingNamespace(_) => Step::ApplySet,

@@ -8,14 +8,16 @@ use kube::Client;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::applyset::{Footprint, OpenSet};
-use crate::manifests::{self, Manifest};
-use crate::plan::{self, Discovery, PlanContext, PlannedObject};
+use crate::plan::{self, Discovery, PlannedObject};
 use crate::source::{self, Checkout, SourceSpec};
+use plan_step::{load, make_plan};
 
 mod apply_step;
 mod error;
 mod options;
+mod plan_step;
 mod prune_step;
+mod repair;
 mod report;
 #[cfg(test)]
 mod testing;
@@ -25,6 +27,7 @@ pub use crate::prune::{PruneBlocked, PrunePolicy};
 pub use apply_step::read_health;
 pub use error::{Step, SyncError};
 pub use options::{Clients, SyncOptions, Target};
+pub use repair::repair;
 pub use report::SyncReport;
 
 /// Fetches the source, then syncs it.
@@ -72,6 +75,7 @@ pub async fn sync_checkout(
         revision: Some(checkout.revision.clone()),
         commit_time: checkout.commit_time,
         fetched: checkout.fetched,
+        checkout_dir: Some(checkout.dir.clone()),
         dry_run: options.apply.dry_run,
         ..Default::default()
     };
@@ -160,28 +164,6 @@ fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
     match options.stopping() {
         true => Err(SyncError::Stopped),
         false => Ok(()),
-    }
-}
-
-/// Manifests: any error fails the sync before anything is applied.
-fn load(checkout: &Checkout, options: &SyncOptions) -> Result<Vec<Manifest>, SyncError> {
-    let target = &options.target;
-    manifests::load_with_keys(&checkout.dir, &target.paths, &target.decryption)
-        .map_err(|e| SyncError::Manifests(e.0))
-}
-
-/// Resolves every object against the API; its warnings go to the report.
-fn make_plan(
-    manifests: Vec<Manifest>,
-    discovery: &Discovery,
-    ctx: &PlanContext,
-    report: &mut SyncReport,
-) -> Result<plan::Plan, SyncError> {
-    let mut the_plan = plan::plan(manifests, discovery, ctx);
-    report.warnings.append(&mut the_plan.warnings);
-    match the_plan.errors.is_empty() {
-        true => Ok(the_plan),
-        false => Err(SyncError::Plans(std::mem::take(&mut the_plan.errors))),
     }
 }
 

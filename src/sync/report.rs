@@ -17,6 +17,9 @@ pub struct SyncReport {
     #[serde(skip)]
     pub commit_time: Option<i64>,
     pub fetched: bool,
+    /// Where the revision's files are (the controller repairs drift from them).
+    #[serde(skip)]
+    pub checkout_dir: Option<std::path::PathBuf>,
     pub dry_run: bool,
     /// The change set: one line per object applied or considered for prune.
     pub objects: Vec<ObjectReport>,
@@ -101,6 +104,7 @@ impl SyncReport {
                 result,
                 drift_corrected: o.drift_corrected,
                 health: o.health.clone(),
+                fingerprint: o.fingerprint,
                 target: Some((o.key.clone(), o.resource.clone())),
             });
         }
@@ -147,6 +151,7 @@ impl SyncReport {
                 result: p.action.clone(),
                 drift_corrected: false,
                 health: None,
+                fingerprint: None,
                 target: None,
             });
         }

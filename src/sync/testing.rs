@@ -22,6 +22,7 @@ pub fn outcome(kind: &str, name: &str, action: Action, health: Health) -> ApplyO
         action,
         drift_corrected: false,
         health: Some(health),
+        fingerprint: None,
         live: None,
         before: None,
     }

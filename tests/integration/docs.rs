@@ -124,6 +124,9 @@ fn metrics_reference_lists_every_metric_and_no_other() {
     };
     metrics.record_sync("apps/web", &report, 1, true);
     metrics.set_suspended("apps/web", false);
+    metrics.set_watched("apps/web", 1);
+    metrics.record_repair("apps/web", &report);
+    metrics.record_idle_interval("apps/web");
     let failed = kubesync::sync::SyncReport {
         failure: Some(kubesync::sync::Step::Source),
         ..Default::default()
@@ -144,7 +147,7 @@ fn metrics_reference_lists_every_metric_and_no_other() {
             });
         }
     }
-    assert!(in_code.len() >= 14, "{in_code:?}");
+    assert!(in_code.len() >= 18, "{in_code:?}");
     let documented: BTreeSet<String> = table_keys(&doc)
         .into_iter()
         .filter(|k| k.starts_with("kubesync_"))

@@ -7,6 +7,7 @@ mod controller;
 mod controller_faults;
 mod correctness;
 mod docs;
+mod drift;
 mod engine;
 mod faults;
 mod fixtures;
