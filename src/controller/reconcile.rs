@@ -49,12 +49,7 @@ pub async fn run(
         // bounds of `run` without help.
         .run(
             |sync, ctx| -> futures::future::BoxFuture<'static, Result<Action, ControllerError>> {
-                Box::pin(async move {
-                    let action = reconcile(sync, ctx).await;
-                    // What the sync allocated is dropped now: give it back to the system.
-                    crate::memory::release_free_memory();
-                    action
-                })
+                Box::pin(reconcile(sync, ctx))
             },
             error_policy,
             ctx,
@@ -171,7 +166,12 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     follow_applied(&ctx, &sync, &report);
     let finished_at = finish(&ctx, &sync, &update, &report).await?;
     let recheck = remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK);
-    match report.failure {
+    let (failure, first_problem) = (report.failure, report.first_problem());
+    // What the sync allocated is dropped now: give it back to the system (only after a sync:
+    // trimming costs more than an idle interval).
+    drop(report);
+    crate::memory::release_free_memory();
+    match failure {
         None => {
             ctx.set_failures(&key, 0);
             // The same wait `due` computes when the status write comes back through the watch.
@@ -183,7 +183,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
             Err(ControllerError::SyncFailed {
                 sync: key,
                 step,
-                message: report.first_problem().unwrap_or_default(),
+                message: first_problem.unwrap_or_default(),
             })
         }
     }
@@ -483,7 +483,15 @@ async fn repair_drift(ctx: &Context, sync: &GitSync, timeout: Duration, repair: 
     };
     ctx.watches.repair_finished(&key, &report);
     ctx.metrics.record_repair(&key, &report);
-    let revision = short_revision(&repair.checkout.revision).to_string();
+    report_repair(ctx, sync, &repair.checkout.revision, &report).await;
+    drop(report);
+    crate::memory::release_free_memory();
+}
+
+/// A repair's Event: the objects it re-applied, or why it failed.
+async fn report_repair(ctx: &Context, sync: &GitSync, revision: &str, report: &SyncReport) {
+    let key = key_of(sync);
+    let revision = short_revision(revision);
     if let Some(step) = report.failure {
         let first = report.first_problem().unwrap_or_default();
         let note = format!("revision {revision}: repairing drift: {first}; left to the next sync");

@@ -431,6 +431,7 @@ async fn follow(
     let mut first_list = true;
     let mut failing = false;
     while let Some(event) = events.next().await {
+        let relisted = matches!(event, Ok(Event::InitDone));
         let mut state = lock(&state);
         match event {
             Ok(Event::Init) => {
@@ -470,6 +471,11 @@ async fn follow(
                 }
                 failing = true;
             }
+        }
+        drop(state);
+        if relisted {
+            // The list's pages are dropped: give them back to the system.
+            crate::memory::release_free_memory();
         }
     }
 }

@@ -40,7 +40,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 cpu_seconds() { # user + system CPU of a process, in seconds
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f\n", ($12 + $13) / hz }' "/proc/$1/stat"
 }
 
 install_crd() { "$kubesync" crd | kubectl apply --server-side -f - >/dev/null; kubectl wait --for=condition=Established crd/gitsyncs.kubesync.dev --timeout=60s >/dev/null; }
