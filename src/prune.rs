@@ -191,9 +191,13 @@ pub fn prune_order(candidates: &mut [(ObjectKey, LiveObject)]) {
     });
 }
 
+/// Deletes in flight per unit of `apply.concurrency`: a delete costs the API server far less than
+/// an apply, and one round of deletes per stage keeps the ordered prune close to an unordered one.
+pub const DELETES_PER_APPLY: usize = 4;
+
 /// Deletes (or keeps) each candidate, in [`prune_order`]: one stage after another, the objects
-/// of one stage concurrently (at most `apply.concurrency` at once), reported in order. Deletes are
-/// dry runs when `apply.dry_run` is.
+/// of one stage concurrently (at most [`DELETES_PER_APPLY`] × `apply.concurrency` at once),
+/// reported in order. Deletes are dry runs when `apply.dry_run` is.
 pub async fn prune(
     client: &Client,
     mut candidates: Vec<(ObjectKey, LiveObject)>,
@@ -217,7 +221,7 @@ pub async fn prune(
                 .into_iter()
                 .map(|(key, live)| prune_one(client, key, live, policy, apply)),
         )
-        .buffer_unordered(apply.concurrency.max(1))
+        .buffer_unordered(apply.concurrency.max(1).saturating_mul(DELETES_PER_APPLY))
         .collect()
         .await;
         done.sort_by(|a, b| a.key.cmp(&b.key));

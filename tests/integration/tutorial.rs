@@ -189,7 +189,30 @@ async fn the_homelab_tutorial_works_after_installing_k3s() {
     )
     .await;
 
-    // 8. The status page and the metrics.
+    // 8. A change made by hand is undone without waiting for the interval.
+    sh(&format!(
+        "kubectl -n {} scale deployment rails --replicas=5 >/dev/null",
+        home.name
+    ));
+    eventually(
+        Duration::from_secs(10),
+        "rails has Git's replicas again",
+        || {
+            let ns = home.name.clone();
+            async move {
+                let replicas = sh(&format!(
+                    "kubectl -n {ns} get deployment rails -o jsonpath='{{.spec.replicas}}'"
+                ));
+                let events = sh(&format!(
+                    "kubectl -n {ns} get events --field-selector reason=DriftCorrected -o name"
+                ));
+                (replicas.trim() == "2" && !events.trim().is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The status page and the metrics.
     let (_, page) = controller.get("/");
     assert!(page.contains(&second), "{page}");
     let (_, metrics) = controller.get("/metrics");
