@@ -130,13 +130,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     let mut view = (*sync).clone();
     view.status = Some(known_status(&old_status, ctx.finished(&key).as_ref()));
     let why = match due(&view, interval, failures, Timestamp::now()) {
-        Due::In(wait) => {
-            if let Some(repair) = ctx.watches.take_drift(&key) {
-                repair_drift(&ctx, &sync, timeout, repair).await;
-            }
-            let recheck = recheck_health(&ctx, &sync, &key).await?;
-            return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
-        }
+        Due::In(wait) => return between_syncs(&ctx, &sync, timeout, wait).await,
         Due::Now(why) => why,
     };
     if *ctx.stop.borrow() {
@@ -147,8 +141,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         && let Some(finished_at) = idle_interval(&ctx, &sync, &update, timeout, &applied).await?
     {
         let wait = jittered(interval, &key, finished_at);
-        let recheck = recheck_health(&ctx, &sync, &key).await?;
-        return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
+        return between_syncs(&ctx, &sync, timeout, wait).await;
     }
     info!(sync = %key, why, "sync due");
     let mut old_status = old_status.clone();
@@ -187,6 +180,22 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
             })
         }
     }
+}
+
+/// Between syncs: repairs the drift the watches saw, reads the health of objects left unhealthy,
+/// and waits `wait` (less while objects are unhealthy).
+async fn between_syncs(
+    ctx: &Context,
+    sync: &GitSync,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<Action, ControllerError> {
+    let key = key_of(sync);
+    if let Some(repair) = ctx.watches.take_drift(&key) {
+        repair_drift(ctx, sync, timeout, repair).await;
+    }
+    let recheck = recheck_health(ctx, sync, &key).await?;
+    Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))))
 }
 
 /// An invalid spec: stalled, with one Warning Event per new generation or message.

@@ -214,7 +214,9 @@ fn widget(name: &str, size: u32) -> String {
 async fn an_idle_interval_sends_no_list_and_no_apply_and_a_new_commit_is_still_followed() {
     let ns = TestNamespace::new("idle").await;
     install_crd(&ns.client).await;
-    // A kind of its own, so that no other test's requests are counted.
+    // A kind of its own, so that no other test's requests are counted; cluster-scoped, because
+    // the namespace controller LISTs every namespaced kind whenever another test's namespace
+    // is deleted.
     let group = format!("{}.kubesync.test", ns.name);
     let crd = json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -222,7 +224,7 @@ async fn an_idle_interval_sends_no_list_and_no_apply_and_a_new_commit_is_still_f
         "metadata": {"name": format!("widgets.{group}")},
         "spec": {
             "group": group,
-            "scope": "Namespaced",
+            "scope": "Cluster",
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
             "versions": [{"name": "v1", "served": true, "storage": true,
                 "schema": {"openAPIV3Schema": {"type": "object",
