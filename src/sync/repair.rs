@@ -91,11 +91,9 @@ async fn reapply(
         }
     }
     report.record_applied(&outcomes);
-    if let Some(first) = report.objects.iter().find_map(|o| match &o.result {
-        crate::outcome::Action::Failed(r) => Some(format!("{}: {r}", o.object)),
-        _ => None,
-    }) {
-        return Err(SyncError::Apply { first });
+    // No error is recorded yet: the first problem is the first object that failed.
+    match report.first_problem() {
+        Some(first) => Err(SyncError::Apply { first }),
+        None => Ok(()),
     }
-    Ok(())
 }
