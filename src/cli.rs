@@ -9,6 +9,7 @@ use kube::api::PropagationPolicy;
 
 use crate::apply::ApplyOptions;
 use crate::duration::parse_duration;
+use crate::kustomize::{KustomizeMode, KustomizeOptions};
 use crate::sops::Keys;
 use crate::source::{Auth, GitRef, SourceError, SourceSpec};
 use crate::sync::{Action, Clients, PrunePolicy, SyncOptions, SyncReport, Target};
@@ -87,9 +88,19 @@ pub struct SourceArgs {
     /// Time limit for fetching the repository.
     #[arg(long, env = "KUBESYNC_FETCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub fetch_timeout: Duration,
-    /// Where fetched repositories are cached.
+    /// Where fetched repositories (and Kustomize renders) are cached.
     #[arg(long, env = "KUBESYNC_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Render directories that hold a kustomization file with Kustomize (`auto`), every path
+    /// (`always`), or none (`never`).
+    #[arg(long, env = "KUBESYNC_KUSTOMIZE", value_enum, default_value_t = KustomizeMode::Auto)]
+    pub kustomize: KustomizeMode,
+    /// Let kustomizations fetch remote bases and resources (Git or HTTP URLs).
+    #[arg(long)]
+    pub kustomize_allow_remote_bases: bool,
+    /// The `kustomize` executable (default: the one beside kubesync, then $PATH).
+    #[arg(long, env = "KUBESYNC_KUSTOMIZE_BINARY")]
+    pub kustomize_binary: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -222,6 +233,9 @@ pub struct ControllerArgs {
     /// Where fetched repositories are cached (an emptyDir in the chart).
     #[arg(long, env = "KUBESYNC_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The `kustomize` executable (default: the one beside kubesync, then $PATH).
+    #[arg(long, env = "KUBESYNC_KUSTOMIZE_BINARY")]
+    pub kustomize_binary: Option<PathBuf>,
     /// known_hosts used for SSH remotes whose Secret has no `known_hosts` key.
     #[arg(long, env = "KUBESYNC_KNOWN_HOSTS")]
     pub known_hosts: Option<PathBuf>,
@@ -399,6 +413,7 @@ async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
         concurrency: args.concurrency.max(1),
         identity,
         full_sync_every: args.full_sync_every,
+        kustomize_binary: args.kustomize_binary.clone(),
     };
     let process = crate::controller::ProcessConfig {
         http_addr: args.http_addr,
@@ -477,7 +492,18 @@ impl SourceArgs {
                 .gitsync
                 .then(|| crate::applyset::Parent::git_sync(&self.name, namespace)),
             decryption: self.age_keys()?,
+            kustomize: KustomizeOptions {
+                mode: self.kustomize,
+                allow_remote_bases: self.kustomize_allow_remote_bases,
+                binary: self.kustomize_binary.clone(),
+                cache_dir: Some(self.cache_dir().join("render")),
+                ..KustomizeOptions::default()
+            },
         })
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        (self.cache_dir.clone()).unwrap_or_else(crate::sync::default_cache_dir)
     }
 }
 
@@ -499,10 +525,7 @@ async fn prepare(
         wait: None,
         stop: None,
     };
-    let cache_dir = source
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::sync::default_cache_dir);
+    let cache_dir = source.cache_dir();
     Ok(Prepared {
         clients: Clients::from(&client),
         spec: source.spec()?,

@@ -92,6 +92,33 @@ pub struct GitSyncSpec {
     /// Decrypt SOPS-encrypted manifests with the age keys of a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<Decryption>,
+    /// Kustomize: when `path` is rendered with it, and what a kustomization may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kustomize: Option<KustomizeSpec>,
+}
+
+/// When and how the path is rendered with Kustomize.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizeSpec {
+    /// Unset: a directory holding a kustomization file is rendered, others are read as plain
+    /// manifests. `true`: `path` must be a kustomization. `false`: never rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Let kustomizations fetch remote bases and resources (Git or HTTP URLs). Default: refused.
+    #[serde(default)]
+    pub allow_remote_bases: bool,
+}
+
+impl KustomizeSpec {
+    pub fn mode(&self) -> crate::kustomize::KustomizeMode {
+        use crate::kustomize::KustomizeMode;
+        match self.enabled {
+            None => KustomizeMode::Auto,
+            Some(true) => KustomizeMode::Always,
+            Some(false) => KustomizeMode::Never,
+        }
+    }
 }
 
 /// How encrypted manifests are decrypted.

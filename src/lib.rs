@@ -12,6 +12,7 @@ pub mod duration;
 pub mod health;
 pub mod http;
 pub mod kube_ext;
+pub mod kustomize;
 pub mod lease;
 pub mod manifests;
 pub mod memory;

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::kustomize::{KustomizeMode, kustomization_file};
 use crate::sops::{Keys, Node, SopsError};
 
 /// Largest manifest file read; larger files are refused rather than parsed.
@@ -86,6 +87,10 @@ pub enum ManifestError {
     TooDeep { file: String },
     #[error("{file}: cannot be read: {reason}")]
     Unreadable { file: String, reason: String },
+    #[error(
+        "path {path}: no kustomization.yaml, kustomization.yml or Kustomization (Kustomize is forced on)"
+    )]
+    NotAKustomization { path: String },
     #[error("{file}: {size} bytes is larger than the limit of {MAX_FILE_BYTES} bytes")]
     TooLarge { file: String, size: u64 },
     #[error("manifests add up to more than {MAX_TOTAL_BYTES} bytes")]
@@ -153,13 +158,33 @@ pub fn load(root: &Path, paths: &[String]) -> Result<Vec<Manifest>, ManifestErro
     load_with_keys(root, paths, &Keys::default())
 }
 
-/// [`load`], decrypting SOPS-encrypted files with `keys`.
+/// [`load`], decrypting SOPS-encrypted files with `keys`. Kustomization files are read as
+/// plain files ([`KustomizeMode::Never`]).
 pub fn load_with_keys(
     root: &Path,
     paths: &[String],
     keys: &Keys,
 ) -> Result<Vec<Manifest>, ManifestErrors> {
-    let mut loader = Loader::new(root, keys.clone());
+    load_tree(root, paths, keys, KustomizeMode::Never).map(|tree| tree.manifests)
+}
+
+/// What a load found: the plain manifests, and the kustomization directories left to render.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub manifests: Vec<Manifest>,
+    /// Repo-relative directories holding a kustomization file, in walk order.
+    pub kustomizations: Vec<String>,
+}
+
+/// [`load_with_keys`], leaving each directory that holds a kustomization file to Kustomize (in
+/// `Auto` and `Always` modes) instead of walking it. In `Always` mode every path must be one.
+pub fn load_tree(
+    root: &Path,
+    paths: &[String],
+    keys: &Keys,
+    kustomize: KustomizeMode,
+) -> Result<Tree, ManifestErrors> {
+    let mut loader = Loader::new(root, keys.clone(), kustomize);
     let paths: Vec<String> = if paths.is_empty() {
         vec![".".into()]
     } else {
@@ -169,7 +194,10 @@ pub fn load_with_keys(
         loader.load_path(path);
     }
     if loader.errors.is_empty() {
-        Ok(loader.manifests)
+        Ok(Tree {
+            manifests: loader.manifests,
+            kustomizations: loader.kustomizations,
+        })
     } else {
         Err(ManifestErrors(loader.errors))
     }
@@ -184,10 +212,12 @@ struct Loader {
     seen_files: HashSet<PathBuf>,
     total_bytes: u64,
     keys: Keys,
+    kustomize: KustomizeMode,
+    kustomizations: Vec<String>,
 }
 
 impl Loader {
-    fn new(root: &Path, keys: Keys) -> Self {
+    fn new(root: &Path, keys: Keys, kustomize: KustomizeMode) -> Self {
         let canonical_root = root.canonicalize().ok();
         let ignore_path = root.join(IGNORE_FILE);
         let ignore = ignore_path.is_file().then(|| {
@@ -205,6 +235,8 @@ impl Loader {
             seen_files: HashSet::new(),
             total_bytes: 0,
             keys,
+            kustomize,
+            kustomizations: Vec::new(),
         }
     }
 
@@ -250,7 +282,18 @@ impl Loader {
                 .push(ManifestError::PathOutsideRepo { path: path.into() });
             return;
         }
-        if full.is_dir() {
+        let renders = self.kustomize != KustomizeMode::Never;
+        if full.is_dir() && renders && kustomization_file(&full).is_some() {
+            self.take_kustomization(&full);
+        } else if self.is_kustomization_file(&full) {
+            // A kustomization file named explicitly stands for its directory (repairs name it).
+            if let Some(dir) = full.parent() {
+                self.take_kustomization(dir);
+            }
+        } else if self.kustomize == KustomizeMode::Always {
+            self.errors
+                .push(ManifestError::NotAKustomization { path: path.into() });
+        } else if full.is_dir() {
             self.walk_dir(&full, 0);
         } else {
             // A file named explicitly is read whatever its extension.
@@ -258,7 +301,27 @@ impl Loader {
         }
     }
 
+    fn is_kustomization_file(&self, path: &Path) -> bool {
+        self.kustomize != KustomizeMode::Never
+            && (path.parent()).and_then(kustomization_file)
+                == path.file_name().and_then(|n| n.to_str())
+    }
+
+    /// Leaves the directory to Kustomize, once.
+    fn take_kustomization(&mut self, dir: &Path) {
+        let rel = self.relative(dir);
+        if let Some(canonical) = self.inside(dir)
+            && self.seen_files.insert(canonical)
+        {
+            self.kustomizations.push(rel);
+        }
+    }
+
     fn walk_dir(&mut self, dir: &Path, depth: usize) {
+        if self.kustomize != KustomizeMode::Never && kustomization_file(dir).is_some() {
+            self.take_kustomization(dir);
+            return;
+        }
         if depth > MAX_DIR_DEPTH {
             self.errors.push(ManifestError::TooDeep {
                 file: self.relative(dir),

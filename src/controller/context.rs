@@ -31,6 +31,8 @@ pub struct ControllerConfig {
     /// While watches see no drift and the revision does not move, one interval in this many
     /// runs a full sync (lists and applies everything); the others only fetch.
     pub full_sync_every: u32,
+    /// The `kustomize` executable (None: beside kubesync, then PATH).
+    pub kustomize_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

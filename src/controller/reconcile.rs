@@ -23,6 +23,7 @@ use crate::applyset::Parent;
 use crate::crd::{
     GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry, short_revision,
 };
+use crate::kustomize::KustomizeOptions;
 use crate::source::SourceSpec;
 use crate::sync::{Clients, SyncError, SyncOptions, SyncReport};
 
@@ -341,12 +342,26 @@ fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOptions
     let mut options = SyncOptions::new(&name, target_namespace);
     options.target.paths = vec![sync.spec.path.clone()];
     options.target.parent = Some(Parent::git_sync(&name, &namespace));
+    options.target.kustomize = kustomize_options(ctx, sync, timeout);
     options.apply.field_manager = ctx.config.field_manager.clone();
     options.apply.timeout = timeout.min(Duration::from_secs(60));
     options.prune.enabled = sync.spec.prune;
     options.wait = sync.spec.wait.then_some(timeout);
     options.stop = Some(ctx.stop.clone());
     options
+}
+
+/// Kustomize as the GitSync asks, renders cached beside its repository, killed at its timeout.
+fn kustomize_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> KustomizeOptions {
+    let spec = sync.spec.kustomize.clone().unwrap_or_default();
+    KustomizeOptions {
+        mode: spec.mode(),
+        allow_remote_bases: spec.allow_remote_bases,
+        binary: ctx.config.kustomize_binary.clone(),
+        timeout,
+        cache_dir: Some(work_dir(ctx, sync).join("render")),
+        ..KustomizeOptions::default()
+    }
 }
 
 /// After a sync: remembers the objects it left unhealthy (not failed for good: those need a new

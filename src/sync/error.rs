@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::applyset::ApplySetError;
 use crate::crd::SpecError;
+use crate::kustomize::RenderError;
 use crate::manifests::ManifestError;
 use crate::plan::{DiscoveryError, PlanError};
 use crate::source::SourceError;
@@ -18,6 +19,8 @@ pub enum Step {
     Credentials,
     /// Fetching the repository.
     Source,
+    /// Rendering kustomizations.
+    Render,
     /// Reading and validating the manifests.
     Manifests,
     /// Reading the cluster's API surface.
@@ -37,10 +40,11 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 11] = [
+    pub const ALL: [Step; 12] = [
         Step::Spec,
         Step::Credentials,
         Step::Source,
+        Step::Render,
         Step::Manifests,
         Step::Discovery,
         Step::Plan,
@@ -57,6 +61,7 @@ impl Step {
             Step::Spec => "spec",
             Step::Credentials => "credentials",
             Step::Source => "source",
+            Step::Render => "render",
             Step::Manifests => "manifests",
             Step::Discovery => "discovery",
             Step::Plan => "plan",
@@ -74,6 +79,7 @@ impl Step {
             Step::Spec => "InvalidSpec",
             Step::Credentials => "CredentialsFailed",
             Step::Source => "FetchFailed",
+            Step::Render => "RenderFailed",
             Step::Manifests => "ManifestsInvalid",
             Step::Discovery => "DiscoveryFailed",
             Step::Plan => "PlanFailed",
@@ -87,7 +93,10 @@ impl Step {
 
     /// Only a change in Git or in the spec can help (kstatus `Stalled`); retrying cannot.
     pub fn stalls(self) -> bool {
-        matches!(self, Step::Spec | Step::Manifests | Step::Plan)
+        matches!(
+            self,
+            Step::Spec | Step::Render | Step::Manifests | Step::Plan
+        )
     }
 }
 
@@ -105,6 +114,11 @@ pub enum SyncError {
     Credentials(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("fetch failed: {0}")]
     Fetch(#[source] Box<SourceError>),
+    #[error("{0}")]
+    Render(#[source] Box<RenderError>),
+    /// Every kustomization that failed: recorded as one [`SyncError::Render`] each.
+    #[error("{} render error(s)", .0.len())]
+    Renders(Vec<RenderError>),
     #[error("{0}")]
     Manifest(#[source] Box<ManifestError>),
     /// Every bad manifest: recorded as one [`SyncError::Manifest`] each.
@@ -143,6 +157,7 @@ impl SyncError {
             SyncError::Spec(_) => Step::Spec,
             SyncError::Credentials(_) => Step::Credentials,
             SyncError::Fetch(_) => Step::Source,
+            SyncError::Render(_) | SyncError::Renders(_) => Step::Render,
             SyncError::Manifest(_)
             | SyncError::Manifests(_)
             | SyncError::RepairTargetsGone { .. } => Step::Manifests,
@@ -161,6 +176,9 @@ impl SyncError {
         match self {
             SyncError::Manifests(list) => (list.into_iter())
                 .map(|e| SyncError::Manifest(Box::new(e)))
+                .collect(),
+            SyncError::Renders(list) => (list.into_iter())
+                .map(|e| SyncError::Render(Box::new(e)))
                 .collect(),
             SyncError::Plans(list) => (list.into_iter())
                 .map(|e| SyncError::Plan(Box::new(e)))
@@ -184,6 +202,7 @@ macro_rules! from_step_error {
 from_step_error!(
     Spec(SpecError),
     Fetch(SourceError),
+    Render(RenderError),
     Manifest(ManifestError),
     Discovery(DiscoveryError),
     Plan(PlanError),

@@ -111,7 +111,9 @@ async fn run(
     let clock = Instant::now();
     let client = &clients.apply;
     check_stop(options)?;
-    let manifests = load(checkout, options)?;
+    let loaded = load(checkout, options).await?;
+    report.render_duration = loaded.render_duration;
+    let manifests = loaded.manifests;
     check_stop(options)?;
     debug_elapsed(clock, "manifests loaded");
     let discovery = Discovery::run(client).await.map_err(SyncError::from)?;
@@ -174,7 +176,9 @@ pub async fn render(
     checkout: &Checkout,
     options: &SyncOptions,
 ) -> Result<Vec<PlannedObject>, Vec<SyncError>> {
-    let manifests = load(checkout, options).map_err(SyncError::split)?;
+    let manifests = (load(checkout, options).await)
+        .map_err(SyncError::split)?
+        .manifests;
     let discovery = Discovery::run(client)
         .await
         .map_err(|e| vec![SyncError::from(e)])?;

@@ -7,6 +7,7 @@ use kube::Client;
 
 use crate::apply::ApplyOptions;
 use crate::applyset::Parent;
+use crate::kustomize::KustomizeOptions;
 use crate::plan::PlanContext;
 use crate::prune::PrunePolicy;
 use crate::sops::Keys;
@@ -24,6 +25,8 @@ pub struct Target {
     pub parent: Option<Parent>,
     /// Age keys for SOPS-encrypted files.
     pub decryption: Keys,
+    /// When and how kustomizations are rendered.
+    pub kustomize: KustomizeOptions,
 }
 
 impl Target {
@@ -67,6 +70,7 @@ impl SyncOptions {
                 paths: vec![".".into()],
                 parent: None,
                 decryption: Keys::default(),
+                kustomize: KustomizeOptions::default(),
             },
             apply: ApplyOptions::default(),
             prune: PrunePolicy::default(),

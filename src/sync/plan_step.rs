@@ -1,17 +1,62 @@
-//! The steps before the cluster is written: the checkout's manifests loaded and decrypted, then
-//! resolved against discovery into a plan.
+//! The steps before the cluster is written: the checkout's manifests loaded, kustomizations
+//! rendered, everything decrypted, then resolved against discovery into a plan.
+use std::time::Duration;
+
 use super::error::SyncError;
 use super::options::SyncOptions;
 use super::report::SyncReport;
+use crate::kustomize;
 use crate::manifests::{self, Manifest};
 use crate::plan::{self, Discovery, PlanContext};
 use crate::source::Checkout;
 
-/// Manifests: any error fails the sync before anything is applied.
-pub fn load(checkout: &Checkout, options: &SyncOptions) -> Result<Vec<Manifest>, SyncError> {
+/// The manifests of a checkout, plain and rendered.
+pub struct Loaded {
+    pub manifests: Vec<Manifest>,
+    /// Time spent in `kustomize build`; None when nothing was rendered afresh.
+    pub render_duration: Option<Duration>,
+}
+
+/// Manifests: any error fails the sync before anything is applied. A kustomization that fails
+/// to render fails the sync in the render step; every failing one is reported.
+pub async fn load(checkout: &Checkout, options: &SyncOptions) -> Result<Loaded, SyncError> {
     let target = &options.target;
-    manifests::load_with_keys(&checkout.dir, &target.paths, &target.decryption)
-        .map_err(|e| SyncError::Manifests(e.0))
+    let tree = manifests::load_tree(
+        &checkout.dir,
+        &target.paths,
+        &target.decryption,
+        target.kustomize.mode,
+    )
+    .map_err(|e| SyncError::Manifests(e.0))?;
+    let mut loaded = Loaded {
+        manifests: tree.manifests,
+        render_duration: None,
+    };
+    let mut render_errors = Vec::new();
+    let mut manifest_errors = Vec::new();
+    for dir in &tree.kustomizations {
+        match kustomize::render(&checkout.dir, dir, &checkout.revision, &target.kustomize).await {
+            Ok(rendered) => {
+                if let Some(took) = rendered.duration {
+                    *loaded.render_duration.get_or_insert_default() += took;
+                }
+                match manifests::parse_file_with_keys(
+                    &rendered.file,
+                    &rendered.yaml,
+                    &target.decryption,
+                ) {
+                    Ok(mut objects) => loaded.manifests.append(&mut objects),
+                    Err(mut errors) => manifest_errors.append(&mut errors),
+                }
+            }
+            Err(e) => render_errors.push(e),
+        }
+    }
+    match (render_errors.is_empty(), manifest_errors.is_empty()) {
+        (false, _) => Err(SyncError::Renders(render_errors)),
+        (true, false) => Err(SyncError::Manifests(manifest_errors)),
+        (true, true) => Ok(loaded),
+    }
 }
 
 /// Resolves every object against the API; its warnings go to the report.

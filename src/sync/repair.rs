@@ -61,7 +61,7 @@ async fn reapply(
     objects: &BTreeSet<ObjectKey>,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let manifests = load(checkout, options)?;
+    let manifests = load(checkout, options).await?.manifests;
     let discovery = Discovery::run(&clients.apply)
         .await
         .map_err(SyncError::from)?;

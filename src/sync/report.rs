@@ -34,6 +34,10 @@ pub struct SyncReport {
     pub duration_seconds: f64,
     #[serde(skip)]
     pub fetch_duration: Option<Duration>,
+    #[serde(skip)]
+    /// Time spent in `kustomize build` (renders from the cache not counted); None: nothing
+    /// was rendered.
+    pub render_duration: Option<Duration>,
     /// The step of the first failure.
     pub failure: Option<Step>,
     /// Dry runs only: (object, before, after) for every object that would change.

@@ -1,0 +1,93 @@
+//! What a render needs to know: when Kustomize is used, what it may reach, where the binary is,
+//! its limits and where renders are cached.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file names Kustomize recognises as a kustomization, in the order it looks for them.
+pub const FILE_NAMES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The kustomization file of `dir`, if it has one.
+pub fn kustomization_file(dir: &Path) -> Option<&'static str> {
+    FILE_NAMES.into_iter().find(|name| dir.join(name).is_file())
+}
+
+/// When a directory is rendered with Kustomize.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KustomizeMode {
+    /// A directory that holds a kustomization file is rendered; others are read as plain files.
+    #[default]
+    Auto,
+    /// Every sync path must be a kustomization; a path without one is an error.
+    Always,
+    /// Never rendered: kustomization files are read as plain manifests (and fail to plan).
+    Never,
+}
+
+/// Default time limit of one `kustomize build`; the controller uses the GitSync's timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Address-space limit of the subprocess (Go reserves more than it touches).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct KustomizeOptions {
+    pub mode: KustomizeMode,
+    /// Remote bases and resources (Git or HTTP URLs) are fetched only when true.
+    pub allow_remote_bases: bool,
+    /// The `kustomize` executable. None: the one beside kubesync's own, then `kustomize` on PATH.
+    pub binary: Option<PathBuf>,
+    pub timeout: Duration,
+    /// RLIMIT_AS of the subprocess, in bytes.
+    pub memory_limit: u64,
+    /// Where renders are kept between syncs (one per directory and options). None: not cached.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for KustomizeOptions {
+    fn default() -> Self {
+        KustomizeOptions {
+            mode: KustomizeMode::Auto,
+            allow_remote_bases: false,
+            binary: None,
+            timeout: DEFAULT_TIMEOUT,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            cache_dir: None,
+        }
+    }
+}
+
+impl KustomizeOptions {
+    /// The executable to run, as a path: the subprocess gets no PATH to look it up with.
+    pub fn binary(&self) -> PathBuf {
+        let named = match &self.binary {
+            Some(binary) => binary.clone(),
+            None => {
+                let beside = std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|dir| dir.join("kustomize")));
+                match beside {
+                    Some(path) if path.is_file() => return path,
+                    _ => PathBuf::from("kustomize"),
+                }
+            }
+        };
+        if named.components().count() > 1 {
+            return named;
+        }
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|dir| dir.join(&named))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or(named)
+    }
+
+    /// Everything besides the revision and the directory that changes a render's output.
+    pub fn cache_key(&self) -> String {
+        format!(
+            "remote={} binary={}",
+            self.allow_remote_bases,
+            self.binary().display()
+        )
+    }
+}

@@ -1,0 +1,188 @@
+//! One `kustomize build`, sandboxed: checked first (see `sandbox`), then run in the checkout with
+//! an empty environment (no credentials, no PATH: no `git`, no helm, no plugins), no plugin flags,
+//! `LoadRestrictionsRootOnly`, a time limit (killed when reached) and an address-space limit.
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::cache::Entry;
+use super::error::RenderError;
+use super::options::{KustomizeOptions, kustomization_file};
+use super::sandbox;
+
+/// Largest render accepted (the manifests stage's total limit).
+const MAX_OUTPUT_BYTES: u64 = crate::manifests::MAX_TOTAL_BYTES;
+
+/// The YAML Kustomize printed for one kustomization.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The repo-relative kustomization file: the `file` of the rendered objects' origins.
+    pub file: String,
+    pub yaml: Vec<u8>,
+    /// How long `kustomize build` ran; None when the render came from the cache.
+    pub duration: Option<Duration>,
+}
+
+/// Renders the kustomization in `dir` (repo-relative) of the checkout at `root`, at `revision`.
+pub async fn render(
+    root: &Path,
+    dir: &str,
+    revision: &str,
+    options: &KustomizeOptions,
+) -> Result<Rendered, RenderError> {
+    let full = root.join(dir);
+    let name = kustomization_file(&full)
+        .ok_or_else(|| RenderError::NoKustomization { path: dir.into() })?;
+    let file = match dir {
+        "" | "." => name.to_string(),
+        _ => format!("{}/{name}", dir.trim_end_matches('/')),
+    };
+    let entry = (options.cache_dir.as_deref())
+        .map(|cache| Entry::new(cache, dir, &options.cache_key(), revision));
+    if let Some(yaml) = entry.as_ref().and_then(Entry::read) {
+        return Ok(Rendered {
+            file,
+            yaml,
+            duration: None,
+        });
+    }
+    sandbox::check(root, dir, options.allow_remote_bases)?;
+    let started = Instant::now();
+    let yaml = build(root, dir, &file, options).await?;
+    if let Some(entry) = &entry {
+        entry.write(&yaml);
+    }
+    Ok(Rendered {
+        file,
+        yaml,
+        duration: Some(started.elapsed()),
+    })
+}
+
+async fn build(
+    root: &Path,
+    dir: &str,
+    file: &str,
+    options: &KustomizeOptions,
+) -> Result<Vec<u8>, RenderError> {
+    let binary = options.binary();
+    let mut command = tokio::process::Command::new(&binary);
+    command
+        .arg("build")
+        .arg(if dir.is_empty() { "." } else { dir })
+        .args(["--load-restrictor", "LoadRestrictionsRootOnly"])
+        .current_dir(root)
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .env(
+            "GOMEMLIMIT",
+            format!("{}MiB", options.memory_limit / 2 / 1024 / 1024),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    limit_memory(&mut command, options.memory_limit);
+    let child = command.spawn().map_err(|e| RenderError::Binary {
+        binary: binary.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let output = match tokio::time::timeout(options.timeout, child.wait_with_output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            return Err(RenderError::Build {
+                file: file.into(),
+                message: e.to_string(),
+            });
+        }
+        // Dropping the future kills the child (kill_on_drop).
+        Err(_) => {
+            return Err(RenderError::Timeout {
+                file: file.into(),
+                timeout: options.timeout,
+            });
+        }
+    };
+    if !output.status.success() {
+        return Err(RenderError::Build {
+            file: file.into(),
+            message: kustomize_message(&output.stderr, root, &output.status),
+        });
+    }
+    if output.stdout.len() as u64 > MAX_OUTPUT_BYTES {
+        return Err(RenderError::TooLarge {
+            file: file.into(),
+            limit: MAX_OUTPUT_BYTES,
+        });
+    }
+    Ok(output.stdout)
+}
+
+/// Kustomize's error, first line, without its `Error: ` prefix and with the checkout's absolute
+/// path taken out of the paths it names.
+fn kustomize_message(stderr: &[u8], root: &Path, status: &std::process::ExitStatus) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    let line = line.strip_prefix("Error: ").unwrap_or(line);
+    let mut message = line.to_string();
+    let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    for prefix in [canonical.as_path(), root] {
+        message = message.replace(&format!("{}/", prefix.display()), "");
+        message = message.replace(&prefix.display().to_string(), ".");
+    }
+    const MAX_MESSAGE: usize = 1024;
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    match message.is_empty() {
+        true => format!("exited with {status}"),
+        false => message,
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_memory(command: &mut tokio::process::Command, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child between fork and exec.
+    unsafe {
+        command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_memory(_command: &mut tokio::process::Command, _bytes: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kustomize_messages_lose_the_checkout_path_and_prefix() {
+        let root = Path::new("/work/x/checkout");
+        let status = std::process::ExitStatus::default();
+        let stderr = b"Error: accumulating resources: accumulation err='accumulating resources from 'missing.yaml': open /work/x/checkout/app/missing.yaml: no such file or directory'\n";
+        assert_eq!(
+            kustomize_message(stderr, root, &status),
+            "accumulating resources: accumulation err='accumulating resources from 'missing.yaml': open app/missing.yaml: no such file or directory'"
+        );
+        assert_eq!(
+            kustomize_message(b"", root, &status),
+            format!("exited with {status}")
+        );
+    }
+}
