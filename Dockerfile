@@ -6,12 +6,22 @@
 # registry to pull the Rust image from, so .ci/image builds the same rootfs directory from the
 # binary it just compiled and passes it as the named build context "rootfs" (buildah
 # --build-context rootfs=DIR), which replaces the stage below.
+#
+# kustomize, pinned (the same version as tests/testbed/versions; .ci/image checks), is built from
+# its Go module as a static binary and placed beside kubesync, which runs it for kustomizations.
+FROM docker.io/library/golang:1.26-bookworm AS kustomize
+ARG KUSTOMIZE_VERSION=v5.8.2
+RUN CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w" \
+      sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}
+
 FROM docker.io/library/rust:1.95-bookworm AS rootfs
 WORKDIR /src
 COPY . .
+COPY --from=kustomize /go/bin/kustomize /usr/local/bin/kustomize
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
       cargo build --release --locked --target x86_64-unknown-linux-gnu \
- && sh packaging/rootfs.sh target/x86_64-unknown-linux-gnu/release/kubesync /rootfs
+ && sh packaging/rootfs.sh target/x86_64-unknown-linux-gnu/release/kubesync \
+      /usr/local/bin/kustomize /rootfs
 
 FROM scratch
 COPY --from=rootfs /rootfs/ /

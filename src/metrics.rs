@@ -96,6 +96,8 @@ pub struct Metrics {
     unhealthy: Family<SyncLabels, Gauge>,
     fetch_duration: Histograms,
     fetch_failures: Family<SyncLabels, Counter>,
+    render_duration: Histograms,
+    render_failures: Family<SyncLabels, Counter>,
     source_info: Family<SourceLabels, Gauge>,
     suspended: Family<SyncLabels, Gauge>,
     watches: WatchMetrics,
@@ -229,6 +231,17 @@ impl Metrics {
                 fetch_histogram,
             ),
             fetch_failures: registered(&mut r, "kubesync_git_fetch_failures", "Failed Git fetches"),
+            render_duration: registered_histogram(
+                &mut r,
+                "kubesync_render_duration_seconds",
+                "Duration of the kustomize builds of a sync (renders from the cache not counted)",
+                fetch_histogram,
+            ),
+            render_failures: registered(
+                &mut r,
+                "kubesync_render_failures",
+                "Syncs that failed because a kustomization did not render",
+            ),
             source_info: registered(
                 &mut r,
                 "kubesync_source_info",
@@ -287,6 +300,14 @@ impl Metrics {
             self.fetch_duration
                 .get_or_create(&labels)
                 .observe(fetch.as_secs_f64());
+        }
+        if let Some(render) = report.render_duration {
+            self.render_duration
+                .get_or_create(&labels)
+                .observe(render.as_secs_f64());
+        }
+        if report.failure == Some(Step::Render) {
+            self.render_failures.get_or_create(&labels).inc();
         }
         if report.failure == Some(Step::Source) {
             self.fetch_failures.get_or_create(&labels).inc();
@@ -434,6 +455,7 @@ impl Metrics {
             &self.pruned,
             &self.drift_corrected,
             &self.fetch_failures,
+            &self.render_failures,
             &self.watches.repairs,
             &self.watches.idle_intervals,
         ] {
@@ -442,6 +464,7 @@ impl Metrics {
         for family in [
             &self.duration,
             &self.fetch_duration,
+            &self.render_duration,
             &self.commit_to_applied,
         ] {
             family.remove(&labels);

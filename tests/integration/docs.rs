@@ -119,6 +119,7 @@ fn metrics_reference_lists_every_metric_and_no_other() {
         revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
         commit_time: Some(1_700_000_000),
         fetch_duration: Some(std::time::Duration::from_millis(5)),
+        render_duration: Some(std::time::Duration::from_millis(40)),
         prune_blocked: Some(kubesync::sync::PruneBlocked::Disabled),
         ..Default::default()
     };
@@ -132,6 +133,11 @@ fn metrics_reference_lists_every_metric_and_no_other() {
         ..Default::default()
     };
     metrics.record_sync("apps/web", &failed, 0, false);
+    let render_failed = kubesync::sync::SyncReport {
+        failure: Some(kubesync::sync::Step::Render),
+        ..Default::default()
+    };
+    metrics.record_sync("apps/web", &render_failed, 0, false);
     let text = metrics.encode();
     let mut in_code = BTreeSet::new();
     for line in text.lines() {

@@ -16,6 +16,7 @@ mod git;
 mod git_faults;
 mod homelab;
 mod https;
+mod kustomize;
 mod layout;
 mod security;
 mod sops;
