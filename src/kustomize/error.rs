@@ -46,6 +46,10 @@ pub enum RenderError {
     Timeout { file: String, timeout: Duration },
     #[error("{file}: kustomize build printed more than {limit} bytes")]
     TooLarge { file: String, limit: u64 },
+    #[error(
+        "{file}: the render holds SOPS-encrypted values; kubesync decrypts the files it reads itself, not files inside a kustomization (keep encrypted files in a directory of plain manifests)"
+    )]
+    Encrypted { file: String },
     #[error("kustomize binary {binary}: {reason}")]
     Binary { binary: String, reason: String },
 }

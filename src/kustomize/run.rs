@@ -109,6 +109,9 @@ async fn build(
             message: kustomize_message(&output.stderr, root, &output.status),
         });
     }
+    if contains(&output.stdout, b"ENC[AES256_GCM,") {
+        return Err(RenderError::Encrypted { file: file.into() });
+    }
     if output.stdout.len() as u64 > MAX_OUTPUT_BYTES {
         return Err(RenderError::TooLarge {
             file: file.into(),
@@ -116,6 +119,10 @@ async fn build(
         });
     }
     Ok(output.stdout)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Kustomize's error, first line, without its `Error: ` prefix and with the checkout's absolute

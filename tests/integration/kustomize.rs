@@ -21,6 +21,7 @@ use crate::support::controller::{
 use crate::support::faults::request_sync;
 use crate::support::git::{GitDaemon, GitRepo};
 use crate::support::manifests::{ManifestDir, configmap, sync_dir};
+use crate::support::sops::{age_key, sops_encrypt};
 use crate::support::{TestNamespace, eventually, run};
 
 /// The overlay repository: a base (Deployment, Service, a configMapGenerator with a hash
