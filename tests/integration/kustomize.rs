@@ -515,6 +515,23 @@ async fn a_broken_kustomization_fails_naming_its_file_and_prunes_nothing() {
             .to_string()
             .contains("path flat: no kustomization.yaml")
     );
+
+    // A SOPS-encrypted file inside a kustomization: refused, ciphertext never applied.
+    let key = age_key(dir.path(), "key");
+    dir.write(
+        "sealed/plain.yaml",
+        &configmap("sealed", "s3cret-in-kustomize"),
+    );
+    let encrypted = sops_encrypt(&dir.path().join("sealed/plain.yaml"), &[&key], &[]);
+    dir.remove("sealed/plain.yaml");
+    dir.write("sealed/secret.yaml", &encrypted);
+    dir.write("sealed/kustomization.yaml", "resources: [secret.yaml]\n");
+    let report = sync_dir(&ns, dir.path(), |o| {
+        o.target.paths = vec!["sealed".into()];
+        o.target.decryption = key.keys();
+    })
+    .await;
+    assert_refused(&report, &["sealed/kustomization.yaml", "SOPS-encrypted"]);
 }
 
 /// `kubesync_render_duration_seconds_count` of one GitSync.
