@@ -614,3 +614,78 @@ async fn the_controller_renders_once_per_revision() {
     );
     deployment(&ns, "home-web").await;
 }
+
+/// Every file under `dir` (repo-relative name → bytes), README.md left out.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if entry.file_name() != "README.md" {
+                let name = path
+                    .strip_prefix(dir)
+                    .expect("inside")
+                    .display()
+                    .to_string();
+                files.insert(name, std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn the_homelab_overlays_example_renders_as_kustomize_does_and_syncs() {
+    let example = crate::support::repo_root().join("examples/homelab-overlays");
+    let mut base = files_of(&example.join("base"));
+    assert!(base.remove("kustomization.yaml").is_some());
+    let plain = files_of(&crate::support::repo_root().join("examples/homelab"));
+    assert_eq!(
+        base.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>(),
+        "the base holds the files of examples/homelab"
+    );
+    for (name, bytes) in &plain {
+        assert!(
+            &base[name] == bytes,
+            "base/{name} differs from examples/homelab/{name}"
+        );
+    }
+
+    let home = TestNamespace::new("kz-ex-home").await;
+    let staging = TestNamespace::new("kz-ex-staging").await;
+    for (ns, overlay) in [(&home, "overlays/home"), (&staging, "overlays/staging")] {
+        assert_render_equals_kustomize(&example, overlay, &ns.name, &[]);
+        let report = sync_dir(ns, &example, paths(overlay)).await;
+        assert_succeeded(&report, overlay);
+    }
+    let rails = serde_json::to_value(deployment(&home, "rails").await).expect("json");
+    let image = &rails["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(image, "docker.io/library/ruby:3.3.6-slim");
+    let cronjobs = |ns: &TestNamespace| {
+        Api::<k8s_openapi::api::batch::v1::CronJob>::namespaced(ns.client.clone(), &ns.name)
+    };
+    cronjobs(&home)
+        .get("postgres-backup")
+        .await
+        .expect("home backs up");
+    cronjobs(&staging)
+        .get("postgres-backup")
+        .await
+        .expect_err("staging does not");
+    let rails = serde_json::to_value(deployment(&staging, "rails").await).expect("json");
+    assert_eq!(rails["spec"]["replicas"], 1);
+    assert_eq!(rails["metadata"]["labels"]["environment"], "staging");
+    let ingress = Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(
+        staging.client.clone(),
+        &staging.name,
+    )
+    .get("homelab")
+    .await
+    .expect("ingress");
+    let rules = ingress.spec.and_then(|s| s.rules).unwrap_or_default();
+    assert_eq!(rules[0].host.as_deref(), Some("staging.home.arpa"));
+}
