@@ -491,7 +491,13 @@ pub fn parse_file_with_keys(
 
 /// A SOPS file, parsed again with its key order (the MAC depends on it) and decrypted. The text
 /// already parsed once, so parse errors cannot happen here.
-fn decrypt(file: &str, text: &str, is_json: bool, keys: &Keys) -> Result<Vec<Value>, SopsError> {
+/// The documents of a SOPS-encrypted file, decrypted with `keys` and their MAC verified.
+pub fn decrypt(
+    file: &str,
+    text: &str,
+    is_json: bool,
+    keys: &Keys,
+) -> Result<Vec<Value>, SopsError> {
     let unparsable = || SopsError::Metadata(format!("{file} cannot be read as a SOPS tree"));
     let documents: Vec<Node> = if is_json {
         vec![serde_json::from_str(text).map_err(|_| unparsable())?]

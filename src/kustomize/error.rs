@@ -47,9 +47,18 @@ pub enum RenderError {
     #[error("{file}: kustomize build printed more than {limit} bytes")]
     TooLarge { file: String, limit: u64 },
     #[error(
-        "{file}: the render holds SOPS-encrypted values; kubesync decrypts the files it reads itself, not files inside a kustomization (keep encrypted files in a directory of plain manifests)"
+        "{file}: the render holds SOPS-encrypted values that no file listed under resources holds (kubesync decrypts SOPS files a kustomization lists as resources, not generator inputs)"
     )]
     Encrypted { file: String },
+    #[error(
+        "{file}: SOPS encrypted its apiVersion, kind or metadata, which Kustomize must read; encrypt only the values (encrypted_regex: ^(data|stringData)$ in .sops.yaml)"
+    )]
+    SealedIdentity { file: String },
+    #[error("{file}: cannot decrypt: {reason}")]
+    Sops {
+        file: String,
+        reason: crate::sops::SopsError,
+    },
     #[error("kustomize binary {binary}: {reason}")]
     Binary { binary: String, reason: String },
 }

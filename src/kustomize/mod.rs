@@ -7,6 +7,7 @@ mod error;
 mod options;
 mod run;
 mod sandbox;
+mod unseal;
 
 pub use error::RenderError;
 pub use options::{KustomizeMode, KustomizeOptions, kustomization_file};

@@ -9,6 +9,8 @@ use super::cache::Entry;
 use super::error::RenderError;
 use super::options::{KustomizeOptions, kustomization_file};
 use super::sandbox;
+use super::unseal::{check_readable, holds_ciphertext, unseal};
+use crate::sops::Keys;
 
 /// Largest render accepted (the manifests stage's total limit).
 const MAX_OUTPUT_BYTES: u64 = crate::manifests::MAX_TOTAL_BYTES;
@@ -23,12 +25,14 @@ pub struct Rendered {
     pub duration: Option<Duration>,
 }
 
-/// Renders the kustomization in `dir` (repo-relative) of the checkout at `root`, at `revision`.
+/// Renders the kustomization in `dir` (repo-relative) of the checkout at `root`, at `revision`;
+/// SOPS files it lists as resources are decrypted with `keys`.
 pub async fn render(
     root: &Path,
     dir: &str,
     revision: &str,
     options: &KustomizeOptions,
+    keys: &Keys,
 ) -> Result<Rendered, RenderError> {
     let full = root.join(dir);
     let name = kustomization_file(&full)
@@ -39,23 +43,33 @@ pub async fn render(
     };
     let entry = (options.cache_dir.as_deref())
         .map(|cache| Entry::new(cache, dir, &options.cache_key(), revision));
-    if let Some(yaml) = entry.as_ref().and_then(Entry::read) {
-        return Ok(Rendered {
-            file,
-            yaml,
-            duration: None,
-        });
-    }
-    sandbox::check(root, dir, options.allow_remote_bases)?;
-    let started = Instant::now();
-    let yaml = build(root, dir, &file, options).await?;
-    if let Some(entry) = &entry {
-        entry.write(&yaml);
-    }
+    let (yaml, resource_files, duration) = match entry.as_ref().and_then(Entry::read) {
+        Some(yaml) => (yaml, None, None),
+        None => {
+            let files = sandbox::check(root, dir, options.allow_remote_bases)?;
+            check_readable(root, &files)?;
+            let started = Instant::now();
+            let yaml = build(root, dir, &file, options).await?;
+            if let Some(entry) = &entry {
+                entry.write(&yaml);
+            }
+            (yaml, Some(files), Some(started.elapsed()))
+        }
+    };
+    let yaml = match holds_ciphertext(&yaml) {
+        false => yaml,
+        true => {
+            let files = match resource_files {
+                Some(files) => files,
+                None => sandbox::check(root, dir, options.allow_remote_bases)?,
+            };
+            unseal(&file, &yaml, root, &files, keys)?
+        }
+    };
     Ok(Rendered {
         file,
         yaml,
-        duration: Some(started.elapsed()),
+        duration,
     })
 }
 
@@ -109,9 +123,6 @@ async fn build(
             message: kustomize_message(&output.stderr, root, &output.status),
         });
     }
-    if contains(&output.stdout, b"ENC[AES256_GCM,") {
-        return Err(RenderError::Encrypted { file: file.into() });
-    }
     if output.stdout.len() as u64 > MAX_OUTPUT_BYTES {
         return Err(RenderError::TooLarge {
             file: file.into(),
@@ -119,10 +130,6 @@ async fn build(
         });
     }
     Ok(output.stdout)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Kustomize's error, first line, without its `Error: ` prefix and with the checkout's absolute

@@ -26,7 +26,8 @@ const PATH_OBJECT_FIELDS: [&str; 3] = ["patches", "patchesJson6902", "replacemen
 const PLUGIN_FIELDS: [&str; 3] = ["generators", "transformers", "validators"];
 
 /// Checks the kustomization in `dir` (repo-relative) and every kustomization it reaches.
-pub fn check(root: &Path, dir: &str, allow_remote: bool) -> Result<(), RenderError> {
+/// Returns the local files listed as resources (canonical paths), in the order met.
+pub fn check(root: &Path, dir: &str, allow_remote: bool) -> Result<Vec<PathBuf>, RenderError> {
     let canonical_root = root.canonicalize().map_err(|e| RenderError::Unreadable {
         file: ".".into(),
         reason: e.kind().to_string(),
@@ -35,6 +36,7 @@ pub fn check(root: &Path, dir: &str, allow_remote: bool) -> Result<(), RenderErr
         root: canonical_root,
         allow_remote,
         seen: HashSet::new(),
+        resource_files: Vec::new(),
     };
     let start = root.join(dir);
     let start = sandbox.inside(&start).ok_or_else(|| RenderError::Escapes {
@@ -42,13 +44,15 @@ pub fn check(root: &Path, dir: &str, allow_remote: bool) -> Result<(), RenderErr
         field: "path",
         reference: dir.into(),
     })?;
-    sandbox.kustomization(&start)
+    sandbox.kustomization(&start)?;
+    Ok(sandbox.resource_files)
 }
 
 struct Sandbox {
     root: PathBuf,
     allow_remote: bool,
     seen: HashSet<PathBuf>,
+    resource_files: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -162,6 +166,8 @@ impl Sandbox {
             .ok_or_else(|| at.error_escapes(field, entry))?;
         if canonical.is_dir() {
             self.kustomization(&canonical)?;
+        } else if !self.resource_files.contains(&canonical) {
+            self.resource_files.push(canonical);
         }
         Ok(())
     }
@@ -337,7 +343,13 @@ mod tests {
             "overlays/home/kustomization.yaml",
             "resources: [../../base]\npatches: [{path: p.yaml}]\nconfigMapGenerator: [{name: c, files: [k=c.txt]}]\n",
         );
-        check(dir.path(), "overlays/home", false).expect("inside");
+        let files = check(dir.path(), "overlays/home", false).expect("inside");
+        let base = dir
+            .path()
+            .join("base/app.yaml")
+            .canonicalize()
+            .expect("canonical");
+        assert_eq!(files, vec![base], "the resource files it reached");
     }
 
     #[test]

@@ -35,7 +35,15 @@ pub async fn load(checkout: &Checkout, options: &SyncOptions) -> Result<Loaded, 
     let mut render_errors = Vec::new();
     let mut manifest_errors = Vec::new();
     for dir in &tree.kustomizations {
-        match kustomize::render(&checkout.dir, dir, &checkout.revision, &target.kustomize).await {
+        match kustomize::render(
+            &checkout.dir,
+            dir,
+            &checkout.revision,
+            &target.kustomize,
+            &target.decryption,
+        )
+        .await
+        {
             Ok(rendered) => {
                 if let Some(took) = rendered.duration {
                     *loaded.render_duration.get_or_insert_default() += took;

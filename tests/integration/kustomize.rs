@@ -515,23 +515,6 @@ async fn a_broken_kustomization_fails_naming_its_file_and_prunes_nothing() {
             .to_string()
             .contains("path flat: no kustomization.yaml")
     );
-
-    // A SOPS-encrypted file inside a kustomization: refused, ciphertext never applied.
-    let key = age_key(dir.path(), "key");
-    dir.write(
-        "sealed/plain.yaml",
-        &configmap("sealed", "s3cret-in-kustomize"),
-    );
-    let encrypted = sops_encrypt(&dir.path().join("sealed/plain.yaml"), &[&key], &[]);
-    dir.remove("sealed/plain.yaml");
-    dir.write("sealed/secret.yaml", &encrypted);
-    dir.write("sealed/kustomization.yaml", "resources: [secret.yaml]\n");
-    let report = sync_dir(&ns, dir.path(), |o| {
-        o.target.paths = vec!["sealed".into()];
-        o.target.decryption = key.keys();
-    })
-    .await;
-    assert_refused(&report, &["sealed/kustomization.yaml", "SOPS-encrypted"]);
 }
 
 /// `kubesync_render_duration_seconds_count` of one GitSync.
@@ -688,4 +671,80 @@ async fn the_homelab_overlays_example_renders_as_kustomize_does_and_syncs() {
     .expect("ingress");
     let rules = ingress.spec.and_then(|s| s.rules).unwrap_or_default();
     assert_eq!(rules[0].host.as_deref(), Some("staging.home.arpa"));
+}
+
+#[tokio::test]
+async fn sops_files_a_kustomization_lists_are_decrypted_with_their_mac_checked() {
+    const PASSWORD: &str = "kz-s0ps-value-never-shown";
+    let ns = TestNamespace::new("kz-sops").await;
+    let dir = ManifestDir::new();
+    let keys = tempfile::tempdir().expect("keys");
+    let (key, stranger) = (age_key(keys.path(), "key"), age_key(keys.path(), "other"));
+    dir.write(
+        "sealed/plain.yaml",
+        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {PASSWORD}\n  port: \"5432\"\n"),
+    );
+    // Everything encrypted (sops's default): Kustomize could not read the kind; refused.
+    let whole = sops_encrypt(&dir.path().join("sealed/plain.yaml"), &[&key], &[]);
+    let values_only = ["--encrypted-regex", "^(data|stringData)$"];
+    let encrypted = sops_encrypt(&dir.path().join("sealed/plain.yaml"), &[&key], &values_only);
+    dir.remove("sealed/plain.yaml");
+    dir.write("sealed/secret.enc.yaml", &whole);
+    dir.write(
+        "sealed/kustomization.yaml",
+        "namePrefix: home-\nresources: [secret.enc.yaml]\nlabels:\n- pairs: {environment: home}\n",
+    );
+    let with = |keys: kubesync::sops::Keys| {
+        move |o: &mut kubesync::sync::SyncOptions| {
+            o.target.paths = vec!["sealed".into()];
+            o.target.decryption = keys;
+        }
+    };
+
+    let report = sync_dir(&ns, dir.path(), with(key.keys())).await;
+    assert_refused(&report, &["sealed/secret.enc.yaml", "encrypted_regex"]);
+
+    // Values only (as the tutorial's .sops.yaml), with a key that does not open it: the
+    // encrypted file is named, nothing applied.
+    dir.write("sealed/secret.enc.yaml", &encrypted);
+    let report = sync_dir(&ns, dir.path(), with(stranger.keys())).await;
+    assert_refused(&report, &["sealed/secret.enc.yaml", "cannot decrypt"]);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    secrets.get("home-db").await.expect_err("nothing applied");
+
+    // The right key: Kustomize's changes (prefix, label) and the plain values, together.
+    let report = sync_dir(&ns, dir.path(), with(key.keys())).await;
+    assert_succeeded(&report, "sealed");
+    assert!(
+        !format!("{report:?}").contains(PASSWORD),
+        "no plain value in the report"
+    );
+    let secret = secrets.get("home-db").await.expect("applied");
+    let data = secret.data.unwrap_or_default();
+    assert_eq!(
+        data.get("password").map(|b| b.0.as_slice()),
+        Some(PASSWORD.as_bytes())
+    );
+    assert_eq!(data.get("port").map(|b| b.0.as_slice()), Some(&b"5432"[..]));
+    let labels = secret.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("environment").map(String::as_str), Some("home"));
+
+    // Ciphertext that no listed file holds (written into a patch) is refused, not applied.
+    dir.write(
+        "sealed/kustomization.yaml",
+        "namePrefix: home-\nresources: [secret.enc.yaml]\npatches:\n- path: extra.yaml\n",
+    );
+    dir.write(
+        "sealed/extra.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {other: \"ENC[AES256_GCM,data:AAAA,iv:BBBB,tag:CCCC,type:str]\"}\n",
+    );
+    let report = sync_dir(&ns, dir.path(), with(key.keys())).await;
+    assert_refused(
+        &report,
+        &[
+            "sealed/kustomization.yaml",
+            "no file listed under resources",
+        ],
+    );
 }
