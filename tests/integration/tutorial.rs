@@ -315,4 +315,131 @@ async fn the_homelab_tutorial_works_after_installing_k3s() {
             .map(|v| v.0.clone()),
         Some(password.as_bytes().to_vec())
     );
+
+    // 12. Kustomize: examples/homelab becomes the base, the overlays as the tutorial writes them
+    // (the files of examples/homelab-overlays), the SOPS file moved to and listed in home.
+    section_12_files_match_the_tutorial();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(home.client.clone(), &home.name);
+    let rails_uid = deployments.get("rails").await.expect("rails").metadata.uid;
+    let example = repo_root().join("examples/homelab-overlays");
+    sh(&format!(
+        "cd {work}
+         mkdir -p examples/homelab-overlays/overlays/home
+         git mv examples/homelab examples/homelab-overlays/base
+         git mv examples/homelab-overlays/base/db-password.enc.yaml examples/homelab-overlays/overlays/home/",
+        work = work.display()
+    ));
+    copy_dir(
+        &example.join("overlays/staging"),
+        &work.join("examples/homelab-overlays/overlays/staging"),
+    );
+    let base = std::fs::read_to_string(example.join("base/kustomization.yaml")).expect("base");
+    repo.write("examples/homelab-overlays/base/kustomization.yaml", &base);
+    let home_overlay = std::fs::read_to_string(example.join("overlays/home/kustomization.yaml"))
+        .expect("home")
+        .replace(
+            "  - ../../base\n",
+            "  - ../../base\n  - db-password.enc.yaml\n",
+        );
+    repo.write(
+        "examples/homelab-overlays/overlays/home/kustomization.yaml",
+        &home_overlay,
+    );
+    let moved = repo.commit_and_push("base and overlays");
+    sh(&format!(
+        "kubectl -n {ns} patch gitsync homelab --type merge \\
+           -p '{{\"spec\":{{\"path\":\"examples/homelab-overlays/overlays/home\"}}}}' >/dev/null",
+        ns = home.name
+    ));
+    crate::support::controller::wait_for_revision(
+        &gitsyncs,
+        "homelab",
+        &moved,
+        Duration::from_secs(90),
+    )
+    .await;
+    let rails = deployments.get("rails").await.expect("rails");
+    assert_eq!(
+        rails.metadata.uid, rails_uid,
+        "the same object, not re-created"
+    );
+    let labels = rails.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("environment").map(String::as_str), Some("home"));
+    let db = secrets
+        .get("rails-db")
+        .await
+        .expect("still applied, decrypted");
+    let value = db
+        .data
+        .unwrap_or_default()
+        .get("password")
+        .map(|v| v.0.clone());
+    assert_eq!(value, Some(password.as_bytes().to_vec()));
+
+    // The staging GitSync, in its own namespace, with its own copy of the deploy key.
+    let staging = TestNamespace::new("tut-staging").await;
+    sh(&format!(
+        "cd {dir}
+         kubectl -n {ns} create secret generic homelab-deploy-key \\
+           --from-file=identity=homelab-deploy-key --from-file=known_hosts=known_hosts >/dev/null",
+        dir = keys.path().display(),
+        ns = staging.name,
+    ));
+    let _staging_controller = ControllerProcess::start_with_env(
+        &staging.name,
+        &["--known-hosts", "/nonexistent"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let url = format!(
+        "ssh://{user}@127.0.0.1:{}{}",
+        sshd.port,
+        repo.remote().display()
+    );
+    crate::support::run_with_input(
+        Command::new("kubectl").args(["apply", "-f", "-"]),
+        &format!(
+            "apiVersion: kubesync.dev/v1alpha1\nkind: GitSync\nmetadata:\n  name: homelab-staging\n  namespace: {ns}\nspec:\n  url: {url}\n  path: examples/homelab-overlays/overlays/staging\n  interval: 5m\n  secretRef:\n    name: homelab-deploy-key\n",
+            ns = staging.name
+        ),
+    );
+    sh(&format!(
+        "kubectl -n {ns} wait --for=condition=Ready gitsync/homelab-staging --timeout=90s >/dev/null",
+        ns = staging.name
+    ));
+    let staged = sh(&format!(
+        "kubectl -n {ns} get deploy rails -o jsonpath='{{.spec.replicas}}'; echo
+         kubectl -n {ns} get cronjob -o name | wc -l",
+        ns = staging.name
+    ));
+    assert_eq!(
+        staged.split_whitespace().collect::<Vec<_>>(),
+        ["1", "0"],
+        "{staged}"
+    );
+}
+
+/// The files of examples/homelab-overlays that section 12 writes out appear in it as written
+/// (without their comment lines), so the tutorial and the example cannot drift apart.
+fn section_12_files_match_the_tutorial() {
+    let example = repo_root().join("examples/homelab-overlays");
+    for doc_path in ["docs/tutorial-homelab.md", "docs/ja/tutorial-homelab.md"] {
+        let doc = std::fs::read_to_string(repo_root().join(doc_path)).expect("doc");
+        for file in [
+            "base/kustomization.yaml",
+            "overlays/staging/kustomization.yaml",
+            "overlays/staging/rails-replicas.yaml",
+        ] {
+            let text = std::fs::read_to_string(example.join(file)).expect("example file");
+            let block: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .map(|l| format!("   {l}\n"))
+                .collect();
+            assert!(
+                doc.contains(&block),
+                "{doc_path} section 12 differs from {file}"
+            );
+        }
+    }
 }
