@@ -559,6 +559,35 @@ async fn the_controller_renders_once_per_revision() {
         "rendered from the cache"
     );
 
+    // Drift on a rendered object is repaired from the cached render of the applied revision.
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let scale = json!({"spec": {"replicas": 5}});
+    eventually(Duration::from_secs(30), "the watches are up", || async {
+        let watched = format!("kubesync_watched_objects{{sync=\"{}/home\"}}", ns.name);
+        (controller.metric(&watched) > 0.0).then_some(())
+    })
+    .await;
+    deployments
+        .patch(
+            "home-web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&scale),
+        )
+        .await
+        .expect("scale by hand");
+    eventually(Duration::from_secs(30), "Git's replicas again", || async {
+        let replicas = deployments.get("home-web").await.ok()?.spec?.replicas;
+        (replicas == Some(2)).then_some(())
+    })
+    .await;
+    let repairs = format!("kubesync_drift_repairs_total{{sync=\"{}/home\"}}", ns.name);
+    assert!(controller.metric(&repairs) >= 1.0);
+    assert_eq!(
+        renders(&controller, &ns.name, "home"),
+        1.0,
+        "the repair rendered nothing"
+    );
+
     // A new revision renders again; a broken one fails in the render step.
     repo.write("base/config/web.env", "GREETING=hi\n");
     let second = repo.commit_and_push("greeting");
