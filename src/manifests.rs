@@ -9,7 +9,6 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::kustomize::{KustomizeMode, kustomization_file};
 use crate::sops::{Keys, Node, SopsError};
 
 /// Largest manifest file read; larger files are refused rather than parsed.
@@ -20,6 +19,30 @@ pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
 const MAX_DIR_DEPTH: usize = 64;
 /// Name of the gitignore-syntax file at the root of the repo that leaves files out.
 pub const IGNORE_FILE: &str = ".kubesyncignore";
+
+/// The file names Kustomize recognises as a kustomization, in the order it looks for them.
+pub const KUSTOMIZATION_FILE_NAMES: [&str; 3] =
+    ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The kustomization file of `dir`, if it has one.
+pub fn kustomization_file(dir: &Path) -> Option<&'static str> {
+    KUSTOMIZATION_FILE_NAMES
+        .into_iter()
+        .find(|name| dir.join(name).is_file())
+}
+
+/// When a directory is rendered with Kustomize (the directory is then left to the render step
+/// instead of being walked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KustomizeMode {
+    /// A directory that holds a kustomization file is rendered; others are read as plain files.
+    #[default]
+    Auto,
+    /// Every sync path must be a kustomization; a path without one is an error.
+    Always,
+    /// Never rendered: kustomization files are read as plain manifests (and fail to plan).
+    Never,
+}
 
 /// Where a manifest came from: repo-relative file, document index within it (empty documents not
 /// counted, as kubectl counts), and the item index when it was expanded from a `List`.
@@ -282,18 +305,17 @@ impl Loader {
                 .push(ManifestError::PathOutsideRepo { path: path.into() });
             return;
         }
-        let renders = self.kustomize != KustomizeMode::Never;
-        if full.is_dir() && renders && kustomization_file(&full).is_some() {
-            self.take_kustomization(&full);
-        } else if self.is_kustomization_file(&full) {
+        let forced = self.kustomize == KustomizeMode::Always;
+        if self.is_kustomization_file(&full) {
             // A kustomization file named explicitly stands for its directory (repairs name it).
             if let Some(dir) = full.parent() {
                 self.take_kustomization(dir);
             }
-        } else if self.kustomize == KustomizeMode::Always {
+        } else if forced && !(full.is_dir() && kustomization_file(&full).is_some()) {
             self.errors
                 .push(ManifestError::NotAKustomization { path: path.into() });
         } else if full.is_dir() {
+            // A directory holding a kustomization is left to Kustomize (see walk_dir).
             self.walk_dir(&full, 0);
         } else {
             // A file named explicitly is read whatever its extension.
@@ -302,9 +324,11 @@ impl Loader {
     }
 
     fn is_kustomization_file(&self, path: &Path) -> bool {
+        let name = path.file_name().and_then(|n| n.to_str());
         self.kustomize != KustomizeMode::Never
-            && (path.parent()).and_then(kustomization_file)
-                == path.file_name().and_then(|n| n.to_str())
+            && name.is_some()
+            && path.is_file()
+            && path.parent().and_then(kustomization_file) == name
     }
 
     /// Leaves the directory to Kustomize, once.
@@ -489,9 +513,8 @@ pub fn parse_file_with_keys(
     }
 }
 
-/// A SOPS file, parsed again with its key order (the MAC depends on it) and decrypted. The text
-/// already parsed once, so parse errors cannot happen here.
-/// The documents of a SOPS-encrypted file, decrypted with `keys` and their MAC verified.
+/// The documents of a SOPS-encrypted file, parsed again with their key order (the MAC depends on
+/// it), decrypted with `keys` and their MAC verified.
 pub fn decrypt(
     file: &str,
     text: &str,

@@ -96,8 +96,7 @@ pub struct Metrics {
     unhealthy: Family<SyncLabels, Gauge>,
     fetch_duration: Histograms,
     fetch_failures: Family<SyncLabels, Counter>,
-    render_duration: Histograms,
-    render_failures: Family<SyncLabels, Counter>,
+    renders: RenderMetrics,
     source_info: Family<SourceLabels, Gauge>,
     suspended: Family<SyncLabels, Gauge>,
     watches: WatchMetrics,
@@ -107,6 +106,30 @@ pub struct Metrics {
 }
 
 type Histograms = Family<SyncLabels, Histogram, fn() -> Histogram>;
+
+/// Kustomize renders.
+struct RenderMetrics {
+    duration: Histograms,
+    failures: Family<SyncLabels, Counter>,
+}
+
+impl RenderMetrics {
+    fn new(r: &mut Registry) -> RenderMetrics {
+        RenderMetrics {
+            duration: registered_histogram(
+                r,
+                "kubesync_render_duration_seconds",
+                "Duration of the kustomize builds of a sync (renders from the cache not counted)",
+                fetch_histogram,
+            ),
+            failures: registered(
+                r,
+                "kubesync_render_failures",
+                "Syncs that failed because a kustomization did not render",
+            ),
+        }
+    }
+}
 
 /// What the controller's watches on managed objects do between syncs.
 struct WatchMetrics {
@@ -231,17 +254,7 @@ impl Metrics {
                 fetch_histogram,
             ),
             fetch_failures: registered(&mut r, "kubesync_git_fetch_failures", "Failed Git fetches"),
-            render_duration: registered_histogram(
-                &mut r,
-                "kubesync_render_duration_seconds",
-                "Duration of the kustomize builds of a sync (renders from the cache not counted)",
-                fetch_histogram,
-            ),
-            render_failures: registered(
-                &mut r,
-                "kubesync_render_failures",
-                "Syncs that failed because a kustomization did not render",
-            ),
+            renders: RenderMetrics::new(&mut r),
             source_info: registered(
                 &mut r,
                 "kubesync_source_info",
@@ -302,12 +315,13 @@ impl Metrics {
                 .observe(fetch.as_secs_f64());
         }
         if let Some(render) = report.render_duration {
-            self.render_duration
+            self.renders
+                .duration
                 .get_or_create(&labels)
                 .observe(render.as_secs_f64());
         }
         if report.failure == Some(Step::Render) {
-            self.render_failures.get_or_create(&labels).inc();
+            self.renders.failures.get_or_create(&labels).inc();
         }
         if report.failure == Some(Step::Source) {
             self.fetch_failures.get_or_create(&labels).inc();
@@ -455,7 +469,7 @@ impl Metrics {
             &self.pruned,
             &self.drift_corrected,
             &self.fetch_failures,
-            &self.render_failures,
+            &self.renders.failures,
             &self.watches.repairs,
             &self.watches.idle_intervals,
         ] {
@@ -464,7 +478,7 @@ impl Metrics {
         for family in [
             &self.duration,
             &self.fetch_duration,
-            &self.render_duration,
+            &self.renders.duration,
             &self.commit_to_applied,
         ] {
             family.remove(&labels);

@@ -1,27 +1,9 @@
 //! What a render needs to know: when Kustomize is used, what it may reach, where the binary is,
 //! its limits and where renders are cached.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// The file names Kustomize recognises as a kustomization, in the order it looks for them.
-pub const FILE_NAMES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
-
-/// The kustomization file of `dir`, if it has one.
-pub fn kustomization_file(dir: &Path) -> Option<&'static str> {
-    FILE_NAMES.into_iter().find(|name| dir.join(name).is_file())
-}
-
-/// When a directory is rendered with Kustomize.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum KustomizeMode {
-    /// A directory that holds a kustomization file is rendered; others are read as plain files.
-    #[default]
-    Auto,
-    /// Every sync path must be a kustomization; a path without one is an error.
-    Always,
-    /// Never rendered: kustomization files are read as plain manifests (and fail to plan).
-    Never,
-}
+pub use crate::manifests::{KustomizeMode, kustomization_file};
 
 /// Default time limit of one `kustomize build`; the controller uses the GitSync's timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);

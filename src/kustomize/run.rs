@@ -14,6 +14,8 @@ use crate::sops::Keys;
 
 /// Largest render accepted (the manifests stage's total limit).
 const MAX_OUTPUT_BYTES: u64 = crate::manifests::MAX_TOTAL_BYTES;
+/// Kustomize's messages kept (only the first line is reported).
+const MAX_STDERR_BYTES: u64 = 64 * 1024;
 
 /// The YAML Kustomize printed for one kustomization.
 #[derive(Debug)]
@@ -97,39 +99,53 @@ async fn build(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     limit_memory(&mut command, options.memory_limit);
-    let child = command.spawn().map_err(|e| RenderError::Binary {
+    let mut child = command.spawn().map_err(|e| RenderError::Binary {
         binary: binary.display().to_string(),
         reason: e.to_string(),
     })?;
-    let output = match tokio::time::timeout(options.timeout, child.wait_with_output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => {
-            return Err(RenderError::Build {
-                file: file.into(),
-                message: e.to_string(),
-            });
-        }
-        // Dropping the future kills the child (kill_on_drop).
-        Err(_) => {
-            return Err(RenderError::Timeout {
-                file: file.into(),
-                timeout: options.timeout,
-            });
-        }
+    // Both pipes read at once (a full stderr pipe would stall kustomize), each with a bound, so
+    // a runaway render cannot grow the controller's memory past MAX_OUTPUT_BYTES.
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (out, err, status) = tokio::join!(
+            read_bounded(stdout, MAX_OUTPUT_BYTES + 1),
+            read_bounded(stderr, MAX_STDERR_BYTES),
+            child.wait(),
+        );
+        (out, err, status)
     };
-    if !output.status.success() {
-        return Err(RenderError::Build {
+    // When the time is up, dropping `run` drops the child, which kills it (kill_on_drop).
+    let Ok((stdout, stderr, status)) = tokio::time::timeout(options.timeout, run).await else {
+        return Err(RenderError::Timeout {
             file: file.into(),
-            message: kustomize_message(&output.stderr, root, &output.status),
+            timeout: options.timeout,
         });
+    };
+    let build_error = |message: String| RenderError::Build {
+        file: file.into(),
+        message,
+    };
+    let status = status.map_err(|e| build_error(e.to_string()))?;
+    if !status.success() {
+        return Err(build_error(kustomize_message(&stderr, root, &status)));
     }
-    if output.stdout.len() as u64 > MAX_OUTPUT_BYTES {
+    if stdout.len() as u64 > MAX_OUTPUT_BYTES {
         return Err(RenderError::TooLarge {
             file: file.into(),
             limit: MAX_OUTPUT_BYTES,
         });
     }
-    Ok(output.stdout)
+    Ok(stdout)
+}
+
+/// At most `limit` bytes of a pipe; the rest is left unread (the child is killed or exits).
+async fn read_bounded(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: u64) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    if let Some(pipe) = pipe {
+        let _ = pipe.take(limit).read_to_end(&mut bytes).await;
+    }
+    bytes
 }
 
 /// Kustomize's error, first line, without its `Error: ` prefix and with the checkout's absolute
@@ -184,6 +200,53 @@ fn limit_memory(_command: &mut tokio::process::Command, _bytes: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in executable for the subprocess handling only (Kustomize itself is tested on
+    /// the testbed): a shell script.
+    fn script(dir: &Path, body: &str) -> KustomizeOptions {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-kustomize");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        KustomizeOptions {
+            binary: Some(path),
+            timeout: Duration::from_millis(500),
+            ..KustomizeOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_subprocess_gets_no_environment_and_is_killed_at_its_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = script(dir.path(), "env");
+        let out = build(dir.path(), ".", "kustomization.yaml", &options)
+            .await
+            .expect("env");
+        let names: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+            .filter(|k| k != "PWD" && k != "SHLVL" && k != "_")
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"HOME".into()) && names.contains(&"GOMEMLIMIT".into()));
+
+        let options = script(dir.path(), "sleep 30");
+        let started = Instant::now();
+        let err = build(dir.path(), ".", "a/kustomization.yaml", &options)
+            .await
+            .expect_err("slow");
+        assert!(matches!(err, RenderError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let options = script(dir.path(), "echo 'Error: broken' >&2; exit 1");
+        let err = build(dir.path(), ".", "a/kustomization.yaml", &options)
+            .await
+            .expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "a/kustomization.yaml: kustomize build failed: broken"
+        );
+    }
 
     #[test]
     fn kustomize_messages_lose_the_checkout_path_and_prefix() {

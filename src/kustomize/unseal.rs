@@ -60,24 +60,16 @@ pub fn check_readable(root: &Path, resource_files: &[PathBuf]) -> Result<(), Ren
             continue;
         };
         let hidden = |d: &Value| {
-            ["apiVersion", "kind", "metadata"]
-                .iter()
-                .any(|field| d.get(*field).is_some_and(holds_sealed_value))
+            ["apiVersion", "kind", "metadata"].iter().any(|field| {
+                d.get(*field)
+                    .is_some_and(crate::sops::holds_encrypted_values)
+            })
         };
         if documents.iter().any(hidden) {
             return Err(RenderError::SealedIdentity { file: name });
         }
     }
     Ok(())
-}
-
-fn holds_sealed_value(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.starts_with(CIPHERTEXT),
-        Value::Object(map) => map.values().any(holds_sealed_value),
-        Value::Array(items) => items.iter().any(holds_sealed_value),
-        _ => false,
-    }
 }
 
 /// A SOPS-encrypted file's repo-relative name and documents; None for any other file.
