@@ -13,12 +13,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::applyset::LiveObject;
-use crate::drift::Fingerprint;
+use crate::drift::{DriftPolicy, Fingerprint, drifted_fields};
 use crate::health::Health;
 use crate::kube_ext::{SERVER_OWNED_METADATA, applied_by, dynamic_api, is_apply_by, managers};
 use crate::manifests::Origin;
 use crate::outcome::Action;
 use crate::plan::{ObjectKey, PlannedObject};
+use crate::release::{self, HANDOVER_MANAGER};
 
 /// Annotation holding the hash of the desired object kubesync last applied.
 pub const HASH_ANNOTATION: &str = "kubesync.dev/applied-hash";
@@ -43,6 +44,8 @@ pub struct ApplyOptions {
     pub dry_run: bool,
     pub concurrency: usize,
     pub timeout: Duration,
+    /// What to do with an object Git did not change but the cluster did.
+    pub drift: DriftPolicy,
 }
 
 impl Default for ApplyOptions {
@@ -53,6 +56,7 @@ impl Default for ApplyOptions {
             dry_run: false,
             concurrency: 16,
             timeout: Duration::from_secs(30),
+            drift: DriftPolicy::Correct,
         }
     }
 }
@@ -300,6 +304,16 @@ async fn apply_one(
     {
         return outcome(Action::Unchanged, false, Some(live));
     }
+    if let Some(live) = before.filter(|_| options.drift == DriftPolicy::Report)
+        && live.annotations().get(HASH_ANNOTATION) == Some(&hash)
+    {
+        // Git did not change since kubesync applied it; the cluster did. Leave it, say where.
+        return outcome(
+            Action::Drifted(drift_report(live, &desired)),
+            false,
+            Some(live),
+        );
+    }
     let written = match ownership(before, &planned.desired) {
         Ok(adopting) => write(&api, planned, before, &desired, options)
             .await
@@ -322,6 +336,16 @@ async fn apply_one(
         b.annotations().get(HASH_ANNOTATION) == Some(&hash) && action == Action::Configured
     });
     outcome(action, drift_corrected, Some(&applied))
+}
+
+/// The fields of a drifted object that differ from Git, as one line.
+fn drift_report(live: &DynamicObject, desired: &Value) -> String {
+    let live = serde_json::to_value(live).unwrap_or_default();
+    let fields = drifted_fields(desired, &live);
+    match fields.is_empty() {
+        true => "field ownership changed".into(),
+        false => fields.join(", "),
+    }
 }
 
 /// Whether an apply to an existing object changed it.
@@ -358,6 +382,11 @@ async fn write(
     params.force = options.force_conflicts;
     params.dry_run = options.dry_run;
     let name = &planned.key.name;
+    if let Some(live) = before.filter(|_| !options.dry_run) {
+        hand_over(api, planned, live, &options.field_manager)
+            .await
+            .map_err(refused)?;
+    }
     let mut result = api.patch(name, &params, &Patch::Apply(desired)).await;
     let mut recreated = false;
     if let Err(kube::Error::Api(status)) = &result
@@ -382,6 +411,33 @@ async fn write(
         .await
         .map_err(refused)?;
     Ok((applied, recreated))
+}
+
+/// Before fields another controller owns leave kubesync's apply: those kubesync owns are applied
+/// with their live values by [`HANDOVER_MANAGER`], so that they keep their values when kubesync
+/// stops applying them (see `release`).
+async fn hand_over(
+    api: &Api<DynamicObject>,
+    planned: &PlannedObject,
+    live: &DynamicObject,
+    field_manager: &str,
+) -> Result<(), kube::Error> {
+    let owned: Vec<String> = (planned.released.iter())
+        .filter(|p| release::owned_by(live, field_manager, p))
+        .cloned()
+        .collect();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let Some(patch) = release::handover(&planned.desired, live, &owned) else {
+        return Ok(());
+    };
+    let mut params = PatchParams::apply(HANDOVER_MANAGER);
+    params.force = true;
+    api.patch(&planned.key.name, &params, &Patch::Apply(&patch))
+        .await?;
+    tracing::info!(object = %planned.key, fields = ?owned, "fields handed over before release");
+    Ok(())
 }
 
 /// The object without the fields every write changes, for comparisons and diffs.
@@ -445,8 +501,15 @@ fn immutable_fields(status: &kube::core::Status) -> Vec<String> {
     fields
 }
 
+/// Annotated `kubesync.dev/recreate` (in Git or in the cluster), or a Job: a changed Job
+/// manifest runs the Job again (`run_once`).
 fn wants_recreate(desired: &Value, before: Option<&DynamicObject>) -> bool {
-    let in_git = desired["metadata"]["annotations"][RECREATE_ANNOTATION].as_str() == Some("true");
+    let is_job = desired["kind"] == "Job"
+        && desired["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("batch/"));
+    let in_git =
+        is_job || desired["metadata"]["annotations"][RECREATE_ANNOTATION].as_str() == Some("true");
     let live = before
         .and_then(|b| b.annotations().get(RECREATE_ANNOTATION).cloned())
         .as_deref()

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::api::PropagationPolicy;
 
 use crate::apply::ApplyOptions;
+use crate::drift::DriftPolicy;
 use crate::duration::parse_duration;
 use crate::kustomize::{KustomizeMode, KustomizeOptions};
 use crate::sops::Keys;
@@ -155,6 +156,10 @@ pub struct ApplyArgs {
     /// Requests in flight at once within one apply stage, and deletes within one prune stage.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// An object Git did not change but the cluster did: apply Git again (`correct`), or leave
+    /// it and report the fields that differ (`report`).
+    #[arg(long, env = "KUBESYNC_DRIFT", value_enum, default_value_t = DriftPolicy::Correct)]
+    pub drift: DriftPolicy,
 }
 
 impl From<&ApplyArgs> for ApplyOptions {
@@ -163,6 +168,7 @@ impl From<&ApplyArgs> for ApplyOptions {
             field_manager: args.field_manager.clone(),
             force_conflicts: args.force_conflicts,
             concurrency: args.concurrency.max(1),
+            drift: args.drift,
             ..ApplyOptions::default()
         }
     }
@@ -580,8 +586,13 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
             Action::Kept(r) => format!("kept ({r})"),
             Action::Skipped(r) => format!("skipped ({r})"),
             Action::Failed(r) => format!("failed: {r}"),
+            Action::Drifted(r) => format!("drifted, left as it is: {r}"),
         };
         writeln!(out, "{} {what}{suffix}", o.object)?;
+    }
+    for r in &report.released {
+        let fields = r.fields.join(", ");
+        writeln!(out, "{}: {fields} left to {} (not applied)", r.object, r.to)?;
     }
     for w in &report.warnings {
         writeln!(out, "warning: {w}")?;
@@ -597,7 +608,7 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
     let s = &report.summary;
     writeln!(
         out,
-        "sync {} {} at revision {}: {} objects ({} created, {} configured, {} unchanged), {} pruned, {} failed in {:.1}s",
+        "sync {} {} at revision {}: {} objects ({} created, {} configured, {} unchanged{}), {} pruned, {} failed in {:.1}s",
         report.name,
         if report.succeeded() {
             "succeeded"
@@ -609,6 +620,10 @@ pub fn print_text(report: &SyncReport) -> std::io::Result<()> {
         s.created,
         s.configured,
         s.unchanged,
+        match s.drifted {
+            0 => String::new(),
+            n => format!(", {n} drifted"),
+        },
         s.pruned,
         s.failed,
         report.duration_seconds

@@ -95,6 +95,15 @@ pub struct GitSyncSpec {
     /// Kustomize: when `path` is rendered with it, and what a kustomization may reach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kustomize: Option<KustomizeSpec>,
+    /// An object Git did not change but the cluster did: `correct` applies Git again (the
+    /// default); `report` leaves it as it is and lists the fields that differ in
+    /// `status.drift`, an Event and the `kubesync_drifted_objects` metric.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub drift: crate::drift::DriftPolicy,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// When and how the path is rendered with Kustomize.
@@ -194,6 +203,34 @@ pub struct GitSyncStatus {
     /// The last sync's first error, shortened; names the file and object at fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// With `drift: report`: objects changed in the cluster and left so, and the fields that
+    /// differ from Git (at most 20 objects; values are never shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftedObject>,
+    /// Fields kubesync leaves to other controllers: `spec.replicas` of workloads an autoscaler
+    /// scales, and what `kubesync.dev/ignore-fields` annotations name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released_fields: Vec<ReleasedFields>,
+}
+
+/// Fields of one object that another controller owns.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ReleasedFields {
+    /// `kind/name -n namespace`.
+    pub object: String,
+    /// JSON pointers, comma-separated.
+    pub fields: String,
+    /// Who owns them: `HorizontalPodAutoscaler/<name>`, `ScaledObject/<name>`, or the annotation.
+    pub to: String,
+}
+
+/// An object that differs from Git and was left so.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct DriftedObject {
+    /// `kind/name -n namespace`.
+    pub object: String,
+    /// The paths that differ, comma-separated.
+    pub fields: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -206,6 +243,9 @@ pub struct SyncSummary {
     pub pruned: i64,
     pub failed: i64,
     pub drift_corrected: i64,
+    /// Objects that differ from Git and were left so (`drift: report`).
+    #[serde(default)]
+    pub drifted: i64,
     pub unhealthy: i64,
 }
 

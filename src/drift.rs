@@ -17,6 +17,84 @@
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+/// What a sync does with an object Git did not change but the cluster did: apply Git's state
+/// again (`correct`), or leave the object as it is and report which fields differ (`report`).
+// No doc comments on the variants: the CRD schema must stay a plain string enum.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    #[default]
+    Correct,
+    Report,
+}
+
+/// How many drifted fields one object's report names; the rest are counted.
+const MAX_FIELDS: usize = 10;
+
+/// The fields `desired` sets whose values `live` does not hold, as paths
+/// (`spec.replicas`, `spec.template.spec.containers[0].image`, `data.key`); values are never
+/// included, so a Secret's report says which keys changed and nothing else. A list whose length
+/// changed is named as a whole.
+pub fn drifted_fields(desired: &Value, live: &Value) -> Vec<String> {
+    let mut fields = Vec::new();
+    collect(desired, live, &mut String::new(), &mut fields);
+    if fields.len() > MAX_FIELDS {
+        let more = fields.len() - MAX_FIELDS;
+        fields.truncate(MAX_FIELDS);
+        fields.push(format!("and {more} more"));
+    }
+    fields
+}
+
+fn is_empty(value: &Value) -> bool {
+    value.is_null()
+        || value.as_object().is_some_and(|o| o.is_empty())
+        || value.as_array().is_some_and(|a| a.is_empty())
+}
+
+fn collect(desired: &Value, live: &Value, path: &mut String, fields: &mut Vec<String>) {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => {
+            for (key, dv) in d {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                match l.get(key) {
+                    Some(lv) => collect(dv, lv, path, fields),
+                    None if is_empty(dv) => {}
+                    None => fields.push(path.clone()),
+                }
+                path.truncate(len);
+            }
+        }
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
+            for (i, (dv, lv)) in d.iter().zip(l).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                collect(dv, lv, path, fields);
+                path.truncate(len);
+            }
+        }
+        (Value::Number(d), Value::Number(l)) if d.as_f64() == l.as_f64() => {}
+        (d, l) if d == l => {}
+        _ => fields.push(path.clone()),
+    }
+}
 
 /// Annotations under this prefix are kubesync's: a change to them is drift.
 const OWN_ANNOTATIONS: &str = "kubesync.dev/";
@@ -138,6 +216,41 @@ mod tests {
         assert!(!configmap.drifted_to(Some(&configmap)));
         let zero = Fingerprint::of(&meta("100", Some(0), "web"));
         assert_eq!(zero.generation, None, "generation 0 is no generation");
+    }
+
+    #[test]
+    fn drifted_fields_name_paths_and_never_values() {
+        let desired = serde_json::json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}},
+            "data": {"password": "c2VjcmV0"}, "empty": {}
+        });
+        let live = serde_json::json!({
+            "metadata": {"labels": {"app": "web", "extra": "yes"}},
+            "spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "a", "image": "x:2", "imagePullPolicy": "Always"}]}}},
+            "data": {"password": "b3RoZXI="}
+        });
+        let fields = drifted_fields(&desired, &live);
+        assert_eq!(
+            fields,
+            [
+                "data.password",
+                "spec.replicas",
+                "spec.template.spec.containers[0].image"
+            ]
+        );
+        assert!(
+            fields
+                .iter()
+                .all(|f| !f.contains("c2VjcmV0") && !f.contains("b3RoZXI"))
+        );
+        assert!(drifted_fields(&desired, &desired).is_empty());
+        let many: serde_json::Map<String, Value> = (0..15)
+            .map(|i| (format!("k{i:02}"), Value::from(i)))
+            .collect();
+        let fields = drifted_fields(&Value::Object(many), &serde_json::json!({}));
+        assert_eq!(fields.len(), MAX_FIELDS + 1);
+        assert_eq!(fields[MAX_FIELDS], "and 5 more");
     }
 
     #[test]

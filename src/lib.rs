@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod prune;
+pub mod release;
+pub mod run_once;
 pub mod sops;
 pub mod source;
 pub mod sync;

@@ -94,6 +94,7 @@ pub struct Metrics {
     prune_blocked: Family<BlockedLabels, Counter>,
     drift_corrected: Family<SyncLabels, Counter>,
     unhealthy: Family<SyncLabels, Gauge>,
+    drifted: Family<SyncLabels, Gauge>,
     fetch_duration: Histograms,
     fetch_failures: Family<SyncLabels, Counter>,
     renders: RenderMetrics,
@@ -246,6 +247,11 @@ impl Metrics {
                 &mut r,
                 "kubesync_unhealthy_objects",
                 "Applied objects not healthy after the last sync",
+            ),
+            drifted: registered(
+                &mut r,
+                "kubesync_drifted_objects",
+                "Objects that differ from Git and were left so (drift: report)",
             ),
             fetch_duration: registered_histogram(
                 &mut r,
@@ -418,6 +424,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Objects left drifted (`drift: report`), after a sync or a repair.
+    pub fn set_drifted(&self, sync: &str, count: usize) {
+        self.drifted
+            .get_or_create(&SyncLabels { sync: sync.into() })
+            .set(count as i64);
+    }
+
     /// The unhealthy count, re-read between syncs.
     pub fn set_unhealthy(&self, sync: &str, count: usize) {
         self.unhealthy
@@ -460,6 +473,7 @@ impl Metrics {
         for family in [
             &self.managed,
             &self.unhealthy,
+            &self.drifted,
             &self.suspended,
             &self.watches.watched,
         ] {

@@ -22,8 +22,10 @@ pub enum Action {
     Pruned,
     /// Left Git, left in the cluster and released from the set (protected kind or annotation).
     Kept(String),
-    /// Left alone: not provably ours, or already gone.
+    /// Left alone: not provably ours, or already gone, or a Job that already ran.
     Skipped(String),
+    /// Changed in the cluster and left so (`drift: report`): the fields that differ from Git.
+    Drifted(String),
     Failed(String),
 }
 
@@ -44,6 +46,11 @@ impl Action {
     /// The cluster changed (or would change) because of this action.
     pub fn changes_cluster(&self) -> bool {
         self.writes() || *self == Action::Pruned
+    }
+
+    /// The object is in the cluster and in the set after this action (as Git has it or not).
+    pub fn in_set(&self) -> bool {
+        self.applied() || matches!(self, Action::Drifted(_))
     }
 }
 
@@ -78,6 +85,8 @@ pub struct Summary {
     pub pruned: usize,
     pub kept: usize,
     pub failed: usize,
+    /// Changed in the cluster and left so (`drift: report`).
+    pub drifted: usize,
     pub drift_corrected: usize,
     pub unhealthy: usize,
 }
@@ -95,12 +104,13 @@ impl Summary {
                 Action::Pruned => &mut s.pruned,
                 Action::Kept(_) => &mut s.kept,
                 Action::Failed(_) => &mut s.failed,
+                Action::Drifted(_) => &mut s.drifted,
                 Action::Skipped(_) => continue,
             };
             *count += 1;
         }
         for o in objects {
-            s.managed += usize::from(o.result.applied());
+            s.managed += usize::from(o.result.in_set());
             s.drift_corrected += usize::from(o.drift_corrected);
             s.unhealthy += usize::from(o.health.as_ref().is_some_and(|h| !h.is_healthy()));
         }
@@ -153,12 +163,13 @@ mod tests {
             line(Action::Kept("pvc".into()), false, None),
             line(Action::Skipped("foreign".into()), false, None),
             line(Action::Failed("denied".into()), false, None),
+            line(Action::Drifted("spec.replicas".into()), false, None),
         ];
         let s = Summary::of(&objects);
         assert_eq!(
             s,
             Summary {
-                managed: 5,
+                managed: 6,
                 created: 1,
                 configured: 1,
                 unchanged: 1,
@@ -167,6 +178,7 @@ mod tests {
                 pruned: 1,
                 kept: 1,
                 failed: 1,
+                drifted: 1,
                 drift_corrected: 1,
                 unhealthy: 1,
             }

@@ -342,6 +342,9 @@ pub struct PlannedObject {
     pub stage: Stage,
     /// The object as it will be sent: namespace defaulted, tracking label added.
     pub desired: Value,
+    /// JSON pointers of fields taken out of `desired` because another controller owns them
+    /// (`release`): handed over before the apply when kubesync owned them.
+    pub released: Vec<String>,
 }
 
 /// An object whose kind is defined by a CRD in the same sync: resolved after the CRD is Established.
@@ -382,6 +385,7 @@ impl DeferredObject {
             },
             namespaced: self.namespace.is_some(),
             desired: desired_object(m, self.namespace.as_deref(), &ctx.applyset_id),
+            released: Vec::new(),
             key,
         }
     }
@@ -593,6 +597,7 @@ fn plan_one(
         resource: info.api_resource,
         namespaced,
         desired,
+        released: Vec::new(),
     });
     Ok(())
 }

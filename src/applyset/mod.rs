@@ -15,6 +15,6 @@ pub use footprint::Footprint;
 pub use inventory::{Inventory, LiveObject, list_inventory};
 pub use parent::{
     GROUP_KINDS_ANNOTATION, ID_LABEL, NAMESPACES_ANNOTATION, Parent, ParentState,
-    TOOLING_ANNOTATION, applyset_id, read_parent, write_parent,
+    TOOLING_ANNOTATION, applyset_id, read_parent, write_jobs, write_parent,
 };
 pub use set::OpenSet;

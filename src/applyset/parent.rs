@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use super::error::ApplySetError;
 use super::footprint::Footprint;
 use crate::plan::{GroupKind, ObjectKey};
+use crate::run_once::{JOBS_ANNOTATION, JobMemory};
 
 pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
 pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
@@ -98,6 +99,8 @@ pub struct ParentState {
     pub exists: bool,
     pub footprint: Footprint,
     pub tooling: Option<String>,
+    /// The Jobs that ran under this set (`run_once`).
+    pub jobs: JobMemory,
 }
 
 pub async fn read_parent(client: &Client, parent: &Parent) -> Result<ParentState, ApplySetError> {
@@ -149,10 +152,12 @@ pub async fn read_parent(client: &Client, parent: &Parent) -> Result<ParentState
             })
             .unwrap_or_default(),
     };
+    let jobs = JobMemory::parse(annotations.get(JOBS_ANNOTATION).map(String::as_str));
     Ok(ParentState {
         exists: true,
         footprint,
         tooling,
+        jobs,
     })
 }
 
@@ -228,6 +233,34 @@ pub async fn write_parent(
         source,
     });
     written.map(drop)
+}
+
+/// Records what the set remembers of its Jobs on the parent (a merge of one annotation).
+pub async fn write_jobs(
+    client: &Client,
+    parent: &Parent,
+    jobs: &JobMemory,
+    field_manager: &str,
+) -> Result<(), ApplySetError> {
+    let params = PatchParams {
+        field_manager: Some(format!("{field_manager}-applyset")),
+        ..Default::default()
+    };
+    let value = match jobs.0.is_empty() {
+        true => serde_json::Value::Null,
+        false => json!(jobs.to_annotation()),
+    };
+    let patch = json!({"metadata": {"annotations": {JOBS_ANNOTATION: value}}});
+    (parent.api(client))
+        .patch(&parent.name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|source| ApplySetError::WriteParent {
+            kind: parent.resource.kind.clone(),
+            namespace: parent.namespace.clone(),
+            name: parent.name.clone(),
+            source,
+        })
+        .map(drop)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use super::footprint::Footprint;
 use super::inventory::{Inventory, LiveObject, list_inventory};
 use super::parent::{Parent, read_parent, write_parent};
 use crate::plan::{Discovery, ObjectKey};
+use crate::run_once::JobMemory;
 
 pub struct OpenSet {
     pub parent: Parent,
@@ -21,6 +22,8 @@ pub struct OpenSet {
     desired: Footprint,
     /// The set's live objects, once listed.
     pub inventory: Inventory,
+    /// The Jobs that ran under this set, as the parent records them.
+    pub jobs: JobMemory,
 }
 
 impl OpenSet {
@@ -45,6 +48,7 @@ impl OpenSet {
             recorded: state.footprint,
             desired,
             inventory: Inventory::default(),
+            jobs: state.jobs,
         })
     }
 

@@ -17,12 +17,16 @@ use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck
 use super::credentials::{CredentialsError, age_keys, apply_client, git_auth};
 use super::events::publish;
 use super::schedule::{Due, backoff, due, jittered, known_status};
-use super::status::{StatusUpdate, interrupted_sync, patch_status, reason};
+use super::status::{
+    DRIFT_LIMIT, StatusUpdate, drifted_objects, interrupted_sync, patch_status, reason,
+};
 use super::watches::Repair;
 use crate::applyset::Parent;
 use crate::crd::{
-    GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry, short_revision,
+    DriftedObject, GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry,
+    short_revision,
 };
+use crate::drift::DriftPolicy;
 use crate::kustomize::KustomizeOptions;
 use crate::source::SourceSpec;
 use crate::sync::{Clients, SyncError, SyncOptions, SyncReport};
@@ -260,6 +264,9 @@ async fn finish(
     let requested_at = sync.annotations().get(REQUESTED_AT_ANNOTATION);
     let status = update.finished(report, managed, requested_at, finished_at);
     patch_status(ctx, sync, status).await?;
+    let drift = update.drift_after(report);
+    ctx.metrics.set_drifted(&key, drift.len());
+    announce_drift(ctx, sync, &update.old.drift, &drift).await;
     let finished = Finished {
         time: finished_at,
         generation: update.generation,
@@ -345,6 +352,7 @@ fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOptions
     options.target.kustomize = kustomize_options(ctx, sync, timeout);
     options.apply.field_manager = ctx.config.field_manager.clone();
     options.apply.timeout = timeout.min(Duration::from_secs(60));
+    options.apply.drift = sync.spec.drift;
     options.prune.enabled = sync.spec.prune;
     options.wait = sync.spec.wait.then_some(timeout);
     options.stop = Some(ctx.stop.clone());
@@ -508,8 +516,65 @@ async fn repair_drift(ctx: &Context, sync: &GitSync, timeout: Duration, repair: 
     ctx.watches.repair_finished(&key, &report);
     ctx.metrics.record_repair(&key, &report);
     report_repair(ctx, sync, &repair.checkout.revision, &report).await;
+    if sync.spec.drift == DriftPolicy::Report
+        && let Err(e) = record_repaired_drift(ctx, sync, &report).await
+    {
+        warn!(sync = %key, error = %e, "recording drift in the status");
+    }
     drop(report);
     crate::memory::release_free_memory();
+}
+
+/// A Warning Event naming the objects newly found drifted (`drift: report`), or whose drifted
+/// fields changed; nothing when the drift is the one already reported.
+async fn announce_drift(
+    ctx: &Context,
+    sync: &GitSync,
+    before: &[DriftedObject],
+    now: &[DriftedObject],
+) {
+    let new: Vec<String> = (now.iter())
+        .filter(|d| !before.contains(d))
+        .map(|d| format!("{} ({})", d.object, d.fields))
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let shown = new.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    let more = match new.len().saturating_sub(5) {
+        0 => String::new(),
+        n => format!("; and {n} more"),
+    };
+    let note = format!("changed in the cluster, left as it is (drift: report): {shown}{more}");
+    warn!(sync = %key_of(sync), objects = new.len(), "drift found, not corrected");
+    publish(ctx, sync, EventType::Warning, reason::DRIFT_DETECTED, note).await;
+}
+
+/// After a repair in `drift: report` mode: the objects it found drifted join the status's list.
+async fn record_repaired_drift(
+    ctx: &Context,
+    sync: &GitSync,
+    report: &SyncReport,
+) -> Result<(), ControllerError> {
+    let before = sync
+        .status
+        .as_ref()
+        .map(|s| s.drift.clone())
+        .unwrap_or_default();
+    let drift = drifted_objects(report, &before);
+    ctx.metrics.set_drifted(&key_of(sync), drift.len());
+    announce_drift(ctx, sync, &before, &drift).await;
+    if drift == before {
+        return Ok(());
+    }
+    let count = drift.len();
+    let listed: Vec<_> = drift.into_iter().take(DRIFT_LIMIT).collect();
+    patch_status(
+        ctx,
+        sync,
+        json!({"drift": listed, "summary": {"drifted": count}}),
+    )
+    .await
 }
 
 /// A repair's Event: the objects it re-applied, or why it failed.

@@ -8,11 +8,15 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::context::{Context, ControllerError, key_of};
-use crate::crd::{GitSync, GitSyncStatus, SyncHistoryEntry, SyncSummary, short_revision};
+use crate::crd::{
+    DriftedObject, GitSync, GitSyncStatus, ReleasedFields, SyncHistoryEntry, SyncSummary,
+    short_revision,
+};
 use crate::sync::SyncReport;
 
 /// Condition reasons (kstatus) besides the failed step's own (`Step::reason`).
 pub mod reason {
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const PROGRESSING: &str = "Progressing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -162,7 +166,34 @@ impl StatusUpdate<'_> {
             "summary": self.summary(report, managed),
             "history": self.history(report, now),
             "lastError": last_error,
+            "releasedFields": self.released_after(report),
+            "drift": self.drift_after(report).into_iter().take(DRIFT_LIMIT).collect::<Vec<_>>(),
         })
+    }
+
+    /// The drifted objects after a sync: a successful one looked at every object; a failed one
+    /// may not have, so what it did not see stays as the last status had it.
+    pub fn drift_after(&self, report: &SyncReport) -> Vec<DriftedObject> {
+        match report.succeeded() {
+            true => drifted_objects(report, &[]),
+            false => drifted_objects(report, &self.old.drift),
+        }
+    }
+
+    /// The fields left to other controllers: as this sync found them, or as they were when it
+    /// failed before it could tell.
+    fn released_after(&self, report: &SyncReport) -> Vec<ReleasedFields> {
+        if !report.succeeded() && report.released.is_empty() {
+            return self.old.released_fields.clone();
+        }
+        (report.released.iter())
+            .take(DRIFT_LIMIT)
+            .map(|r| ReleasedFields {
+                object: r.object.clone(),
+                fields: r.fields.join(", "),
+                to: r.to.clone(),
+            })
+            .collect()
     }
 
     fn finished_conditions(&self, report: &SyncReport, ready_message: &str) -> Vec<Condition> {
@@ -194,6 +225,7 @@ impl StatusUpdate<'_> {
             pruned: s.pruned as i64,
             failed: s.failed as i64,
             drift_corrected: s.drift_corrected as i64,
+            drifted: self.drift_after(report).len() as i64,
             unhealthy: s.unhealthy as i64,
         }
     }
@@ -214,6 +246,26 @@ impl StatusUpdate<'_> {
         history.extend(self.old.history.iter().take(4).cloned());
         history
     }
+}
+
+/// How many drifted objects the status lists.
+pub const DRIFT_LIMIT: usize = 20;
+
+/// The objects a sync or repair left drifted (`drift: report`), then those of `earlier` that it
+/// did not look at again.
+pub fn drifted_objects(report: &SyncReport, earlier: &[DriftedObject]) -> Vec<DriftedObject> {
+    let seen: Vec<&str> = report.objects.iter().map(|o| o.object.as_str()).collect();
+    let now = report.objects.iter().filter_map(|o| match &o.result {
+        crate::outcome::Action::Drifted(fields) => Some(DriftedObject {
+            object: o.object.clone(),
+            fields: fields.clone(),
+        }),
+        _ => None,
+    });
+    let kept = (earlier.iter())
+        .filter(|d| !seen.contains(&d.object.as_str()))
+        .cloned();
+    now.chain(kept).collect()
 }
 
 /// Merges `status` into the GitSync's status subresource.

@@ -348,7 +348,7 @@ struct AppliedObject {
 fn applied_objects(report: &SyncReport) -> Vec<AppliedObject> {
     let mut files: HashMap<&str, Arc<str>> = HashMap::new();
     (report.objects.iter())
-        .filter(|o| o.result.applied())
+        .filter(|o| o.result.in_set())
         .filter_map(|o| {
             let (key, resource) = o.target.clone()?;
             let fingerprint = o.fingerprint?;

@@ -149,6 +149,12 @@ fn card(html: &mut String, sync: &GitSync) {
             ),
         );
     }
+    if !status.drift.is_empty() {
+        let lines: Vec<String> = (status.drift.iter())
+            .map(|d| format!("<code>{}</code>: {}", escape(&d.object), escape(&d.fields)))
+            .collect();
+        row("Drift (left as it is)", lines.join("<br>"));
+    }
     if let Some(e) = &status.last_error {
         row(
             "Last error",
@@ -196,6 +202,10 @@ mod tests {
         sync.metadata.namespace = Some("apps".into());
         sync.status = Some(crate::crd::GitSyncStatus {
             last_error: Some("<script>alert(1)</script>".into()),
+            drift: vec![crate::crd::DriftedObject {
+                object: "deployment/web -n apps".into(),
+                fields: "spec.replicas".into(),
+            }],
             last_applied_revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
             ..Default::default()
         });
@@ -203,6 +213,7 @@ mod tests {
         assert!(html.contains("apps/web"));
         assert!(html.contains("0123456789abcdef0123456789abcdef01234567"));
         assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("Drift (left as it is)") && html.contains("spec.replicas"));
         assert!(!html.contains("<script>"));
         assert!(
             !html.contains("pw@"),

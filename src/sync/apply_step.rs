@@ -137,6 +137,11 @@ async fn apply_one_stage(
         (now, Vec::new())
     };
     applied.outcomes.extend(assumed.iter().map(assumed_created));
+    // A Job that ran and is gone stays gone while its manifest is unchanged (`run_once`).
+    let (ran, now): (Vec<_>, Vec<_>) = now
+        .into_iter()
+        .partition(|o| !set.inventory.objects.contains_key(&o.key) && set.jobs.already_ran(o));
+    applied.outcomes.extend(ran.iter().map(ran_once));
     if !now.is_empty() {
         let outcomes = apply_stage(client, &now, &set.inventory.objects, &options.apply).await;
         applied.outcomes.extend(outcomes);
@@ -264,6 +269,16 @@ fn assumed_created(o: &PlannedObject) -> ApplyOutcome {
         fingerprint: None,
         live: serde_json::from_value(o.desired.clone()).ok(),
         before: None,
+    }
+}
+
+/// A Job not run again: it already ran as Git has it.
+pub fn ran_once(o: &PlannedObject) -> ApplyOutcome {
+    ApplyOutcome {
+        action: Action::Skipped(crate::run_once::RAN_ONCE.into()),
+        health: None,
+        live: None,
+        ..assumed_created(o)
     }
 }
 

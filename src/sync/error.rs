@@ -131,6 +131,9 @@ pub enum SyncError {
     /// Every object the plan could not resolve: recorded as one [`SyncError::Plan`] each.
     #[error("{} plan error(s)", .0.len())]
     Plans(Vec<PlanError>),
+    /// A bad `kubesync.dev/ignore-fields` annotation: file, object and pointer.
+    #[error("{0}")]
+    IgnoreFields(String),
     #[error("{0}")]
     ApplySet(#[source] Box<ApplySetError>),
     #[error("namespace {0} does not exist: create it, or add a Namespace object for it to Git")]
@@ -162,7 +165,7 @@ impl SyncError {
             | SyncError::Manifests(_)
             | SyncError::RepairTargetsGone { .. } => Step::Manifests,
             SyncError::Discovery(_) => Step::Discovery,
-            SyncError::Plan(_) | SyncError::Plans(_) => Step::Plan,
+            SyncError::Plan(_) | SyncError::Plans(_) | SyncError::IgnoreFields(_) => Step::Plan,
             SyncError::ApplySet(_) | SyncError::MissingNamespace(_) => Step::ApplySet,
             SyncError::CrdNotEstablished { .. } | SyncError::Apply { .. } => Step::Apply,
             SyncError::Unhealthy { .. } => Step::Health,

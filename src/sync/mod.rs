@@ -7,10 +7,11 @@ use std::time::Instant;
 use kube::Client;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::applyset::{Footprint, OpenSet};
+use crate::applyset::{Footprint, OpenSet, write_jobs};
 use crate::plan::{self, Discovery, PlannedObject};
+use crate::run_once::JobMemory;
 use crate::source::{self, Checkout, SourceSpec};
-use plan_step::{load, make_plan};
+use plan_step::{load, make_plan, release_fields};
 
 mod apply_step;
 mod error;
@@ -119,6 +120,7 @@ async fn run(
     let discovery = Discovery::run(client).await.map_err(SyncError::from)?;
     let ctx = options.target.plan_context();
     let mut the_plan = make_plan(manifests, &discovery, &ctx, report)?;
+    release_fields(client, &discovery, options, &mut the_plan, report).await?;
     check_stop(options)?;
     debug_elapsed(clock, "planned");
     let parent = options.target.parent();
@@ -137,6 +139,7 @@ async fn run(
     set.list(client, &discovery, options.apply.concurrency)
         .await;
     debug_elapsed(clock, "inventory listed");
+    let job_hashes = JobMemory::hashes(&the_plan.objects);
     let mut applied =
         apply_step::apply_stages(client, options, &ctx, the_plan, &set, first, report).await;
     debug_elapsed(clock, "applied");
@@ -150,10 +153,33 @@ async fn run(
     if waiting.is_some() && report.succeeded() {
         report.require_health();
     }
+    remember_jobs(clients, options, &set, &job_hashes, &applied, report).await;
     if options.prune.enabled {
         prune_step::prune_and_close(clients, options, &set, &applied.wanted, report).await?;
     }
     Ok(())
+}
+
+/// Records on the parent which Jobs ran (`run_once`), when that changed. A failed write is a
+/// warning: those Jobs may run again once they are gone.
+async fn remember_jobs(
+    clients: &Clients,
+    options: &SyncOptions,
+    set: &OpenSet,
+    hashes: &std::collections::BTreeMap<crate::plan::ObjectKey, String>,
+    applied: &apply_step::Applied,
+    report: &mut SyncReport,
+) {
+    let jobs = set.jobs.after(hashes, &applied.outcomes, &applied.wanted);
+    if jobs == set.jobs || options.apply.dry_run {
+        return;
+    }
+    let field_manager = &options.apply.field_manager;
+    if let Err(e) = write_jobs(&clients.parent, &set.parent, &jobs, field_manager).await {
+        report
+            .warnings
+            .push(format!("remembering which Jobs ran: {e}"));
+    }
 }
 
 fn debug_elapsed(clock: Instant, what: &str) {

@@ -8,6 +8,7 @@ use super::report::SyncReport;
 use crate::kustomize;
 use crate::manifests::{self, Manifest};
 use crate::plan::{self, Discovery, PlanContext};
+use crate::release;
 use crate::source::Checkout;
 
 /// The manifests of a checkout, plain and rendered.
@@ -79,5 +80,28 @@ pub fn make_plan(
     match the_plan.errors.is_empty() {
         true => Ok(the_plan),
         false => Err(SyncError::Plans(std::mem::take(&mut the_plan.errors))),
+    }
+}
+
+/// Takes out of the plan the fields other controllers own: replicas of autoscaled workloads and
+/// what `kubesync.dev/ignore-fields` names; records them in the report. A bad annotation fails
+/// the sync before anything is applied.
+pub async fn release_fields(
+    client: &kube::Client,
+    discovery: &Discovery,
+    options: &SyncOptions,
+    the_plan: &mut plan::Plan,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let applyset_id = options.target.parent().id();
+    let pruning = options.prune.enabled.then_some(applyset_id.as_str());
+    let (autoscalers, warnings) =
+        release::Autoscalers::find(client, discovery, &the_plan.objects, pruning).await;
+    report.warnings.extend(warnings);
+    let (released, errors) = release::release(&mut the_plan.objects, &autoscalers);
+    report.released = released;
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(SyncError::IgnoreFields(errors.join("; "))),
     }
 }

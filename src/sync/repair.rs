@@ -10,9 +10,10 @@ use tracing::{Instrument, info, info_span};
 use super::apply_step::APPLY_ORDER;
 use super::error::SyncError;
 use super::options::{Clients, SyncOptions};
-use super::plan_step::{load, make_plan};
+use super::plan_step::{load, make_plan, release_fields};
 use super::report::SyncReport;
 use crate::apply::apply_stage;
+use crate::applyset::read_parent;
 use crate::plan::{Discovery, ObjectKey};
 use crate::prune::PruneBlocked;
 use crate::source::Checkout;
@@ -68,6 +69,7 @@ async fn reapply(
     let ctx = options.target.plan_context();
     let mut the_plan = make_plan(manifests, &discovery, &ctx, report)?;
     the_plan.objects.retain(|o| objects.contains(&o.key));
+    release_fields(&clients.apply, &discovery, options, &mut the_plan, report).await?;
     let found: BTreeSet<&ObjectKey> = the_plan.objects.iter().map(|o| &o.key).collect();
     let missing: Vec<String> = objects
         .iter()
@@ -82,7 +84,15 @@ async fn reapply(
     }
     let none_listed = BTreeMap::new();
     let mut outcomes = Vec::new();
-    let mut pending = the_plan.objects;
+    // A Job that ran is not run again by a repair (its TTL deleting it is no drift).
+    let jobs = read_parent(&clients.parent, &options.target.parent())
+        .await
+        .map_err(SyncError::from)?
+        .jobs;
+    let (ran, pending): (Vec<_>, Vec<_>) =
+        (the_plan.objects.into_iter()).partition(|o| jobs.already_ran(o));
+    outcomes.extend(ran.iter().map(super::apply_step::ran_once));
+    let mut pending = pending;
     for stage in APPLY_ORDER {
         let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|o| o.stage == stage);
         pending = later;

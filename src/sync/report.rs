@@ -30,6 +30,9 @@ pub struct SyncReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     pub prune_blocked: Option<PruneBlocked>,
+    /// Fields left to other controllers (autoscalers, `kubesync.dev/ignore-fields`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<crate::release::Released>,
     pub summary: Summary,
     pub duration_seconds: f64,
     #[serde(skip)]

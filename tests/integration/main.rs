@@ -1,6 +1,7 @@
 //! Integration tests against the local control plane (`eval "$(tests/testbed/up)"` first).
 mod support;
 
+mod autoscale;
 mod bad_input;
 mod chart;
 mod controller;
@@ -8,6 +9,7 @@ mod controller_faults;
 mod correctness;
 mod docs;
 mod drift;
+mod drift_report;
 mod engine;
 mod faults;
 mod fixtures;
@@ -18,6 +20,7 @@ mod homelab;
 mod https;
 mod kustomize;
 mod layout;
+mod run_once;
 mod security;
 mod sops;
 mod ssh;
