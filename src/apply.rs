@@ -382,8 +382,8 @@ async fn write(
     params.force = options.force_conflicts;
     params.dry_run = options.dry_run;
     let name = &planned.key.name;
-    if let Some(live) = before.filter(|_| !options.dry_run) {
-        hand_over(api, planned, live, &options.field_manager)
+    if before.is_some() && !options.dry_run {
+        hand_over(api, planned, &options.field_manager)
             .await
             .map_err(refused)?;
     }
@@ -419,9 +419,16 @@ async fn write(
 async fn hand_over(
     api: &Api<DynamicObject>,
     planned: &PlannedObject,
-    live: &DynamicObject,
     field_manager: &str,
 ) -> Result<(), kube::Error> {
+    if planned.released.is_empty() {
+        return Ok(());
+    }
+    // Read afresh: listed objects carry no field sets (see `inventory::trim`).
+    let Some(live) = api.get_opt(&planned.key.name).await? else {
+        return Ok(());
+    };
+    let live = &live;
     let owned: Vec<String> = (planned.released.iter())
         .filter(|p| release::owned_by(live, field_manager, p))
         .cloned()

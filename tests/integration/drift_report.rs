@@ -61,9 +61,17 @@ async fn the_engine_reports_drift_without_writing_and_corrects_it_when_asked() {
     let after = deployments.get("web").await.expect("web");
     assert_eq!(replicas(&deployments).await, Some(3), "left as it is");
     assert_eq!(
-        before.metadata.resource_version, after.metadata.resource_version,
+        before.metadata.generation, after.metadata.generation,
         "report mode writes nothing"
     );
+    let managers = |d: &Deployment| {
+        let entries = d.metadata.managed_fields.clone().unwrap_or_default();
+        (entries.into_iter())
+            .filter(|m| m.manager.as_deref() == Some("kubesync"))
+            .map(|m| (m.operation, m.time))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(managers(&before), managers(&after), "no apply was sent");
 
     // Git changed: that is not drift, it is applied in either mode.
     dir.write("web.yaml", &deployment("web", 2));
