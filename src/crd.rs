@@ -100,6 +100,31 @@ pub struct GitSyncSpec {
     /// `status.drift`, an Event and the `kubesync_drifted_objects` metric.
     #[serde(default, skip_serializing_if = "is_default")]
     pub drift: crate::drift::DriftPolicy,
+    /// Automatic rollback: when a revision's objects are not healthy within `timeout`, the last
+    /// revision that became healthy is applied again, and the bad one is not retried until a
+    /// new commit, a spec change or a `kubesync.dev/requestedAt` request. Implies `wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackSpec>,
+}
+
+/// When and how a GitSync rolls back.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackSpec {
+    /// Roll back automatically. Default: off.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Let the rollback prune what the bad revision added. Default: those objects are left in
+    /// place (and stay in the set, for the next sync to prune).
+    #[serde(default)]
+    pub prune: bool,
+}
+
+impl GitSyncSpec {
+    /// Whether an unhealthy revision is rolled back.
+    pub fn rolls_back(&self) -> bool {
+        self.rollback.as_ref().is_some_and(|r| r.enabled)
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -211,6 +236,29 @@ pub struct GitSyncStatus {
     /// scales, and what `kubesync.dev/ignore-fields` annotations name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released_fields: Vec<ReleasedFields>,
+    /// The last revision whose objects became healthy (syncs that wait for health only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_healthy_revision: Option<String>,
+    /// The last automatic rollback, until a revision syncs successfully again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// A rollback: the revision that was not healthy, and the one applied again in its place.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    /// Not healthy in time; not retried until a new commit, a spec change or a request.
+    pub from: String,
+    /// The last healthy revision, applied again.
+    pub to: String,
+    pub time: Option<Time>,
+    /// The spec generation and `kubesync.dev/requestedAt` value when it happened: a change of
+    /// either retries `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
 }
 
 /// Fields of one object that another controller owns.

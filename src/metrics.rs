@@ -94,7 +94,7 @@ pub struct Metrics {
     prune_blocked: Family<BlockedLabels, Counter>,
     drift_corrected: Family<SyncLabels, Counter>,
     unhealthy: Family<SyncLabels, Gauge>,
-    drifted: Family<SyncLabels, Gauge>,
+    policies: PolicyMetrics,
     fetch_duration: Histograms,
     fetch_failures: Family<SyncLabels, Counter>,
     renders: RenderMetrics,
@@ -127,6 +127,29 @@ impl RenderMetrics {
                 r,
                 "kubesync_render_failures",
                 "Syncs that failed because a kustomization did not render",
+            ),
+        }
+    }
+}
+
+/// What the drift and rollback policies did.
+struct PolicyMetrics {
+    drifted: Family<SyncLabels, Gauge>,
+    rollbacks: Family<RunLabels, Counter>,
+}
+
+impl PolicyMetrics {
+    fn new(r: &mut Registry) -> PolicyMetrics {
+        PolicyMetrics {
+            drifted: registered(
+                r,
+                "kubesync_drifted_objects",
+                "Objects that differ from Git and were left so (drift: report)",
+            ),
+            rollbacks: registered(
+                r,
+                "kubesync_rollbacks",
+                "Automatic rollbacks to the last healthy revision, by result",
             ),
         }
     }
@@ -248,11 +271,7 @@ impl Metrics {
                 "kubesync_unhealthy_objects",
                 "Applied objects not healthy after the last sync",
             ),
-            drifted: registered(
-                &mut r,
-                "kubesync_drifted_objects",
-                "Objects that differ from Git and were left so (drift: report)",
-            ),
+            policies: PolicyMetrics::new(&mut r),
             fetch_duration: registered_histogram(
                 &mut r,
                 "kubesync_git_fetch_duration_seconds",
@@ -426,7 +445,8 @@ impl Metrics {
 
     /// Objects left drifted (`drift: report`), after a sync or a repair.
     pub fn set_drifted(&self, sync: &str, count: usize) {
-        self.drifted
+        self.policies
+            .drifted
             .get_or_create(&SyncLabels { sync: sync.into() })
             .set(count as i64);
     }
@@ -447,6 +467,21 @@ impl Metrics {
         self.drift_corrected
             .get_or_create(&labels)
             .inc_by(written as u64);
+    }
+
+    /// An automatic rollback, applied or failed.
+    pub fn record_rollback(&self, sync: &str, succeeded: bool) {
+        let result = match succeeded {
+            true => RunResult::success,
+            false => RunResult::failure,
+        };
+        self.policies
+            .rollbacks
+            .get_or_create(&RunLabels {
+                sync: sync.into(),
+                result,
+            })
+            .inc();
     }
 
     pub fn record_idle_interval(&self, sync: &str) {
@@ -473,7 +508,7 @@ impl Metrics {
         for family in [
             &self.managed,
             &self.unhealthy,
-            &self.drifted,
+            &self.policies.drifted,
             &self.suspended,
             &self.watches.watched,
         ] {
@@ -503,10 +538,12 @@ impl Metrics {
             RunResult::failure,
             RunResult::interrupted,
         ] {
-            self.runs.remove(&RunLabels {
+            let labels = RunLabels {
                 sync: sync.into(),
                 result,
-            });
+            };
+            self.runs.remove(&labels);
+            self.policies.rollbacks.remove(&labels);
         }
         for op in Operation::ALL {
             self.operations.remove(&OperationLabels {

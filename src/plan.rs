@@ -589,14 +589,13 @@ fn plan_one(
             kind,
         });
     }
-    let desired = desired_object(&manifest, namespace.as_deref(), &ctx.applyset_id);
     plan.objects.push(PlannedObject {
         stage: stage_of(&key.group, &key.kind),
         key,
+        desired: desired_object(&manifest, namespace.as_deref(), &ctx.applyset_id),
         origin: manifest.origin,
         resource: info.api_resource,
         namespaced,
-        desired,
         released: Vec::new(),
     });
     Ok(())

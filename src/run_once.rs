@@ -15,8 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::apply::{ApplyOutcome, desired_hash};
+use sha2::{Digest, Sha256};
+
 use crate::health::Health;
+use crate::outcome::Action;
 use crate::plan::{ObjectKey, PlannedObject};
 
 /// The parent's annotation holding the memory, as JSON.
@@ -55,8 +57,17 @@ fn memory_key(key: &ObjectKey) -> String {
     )
 }
 
+/// The first 16 hex digits of the SHA-256 of the manifest as sent.
 fn short_hash(desired: &Value) -> String {
-    desired_hash(desired).chars().take(16).collect()
+    let digest = Sha256::digest(serde_json::to_vec(desired).unwrap_or_default());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a sync did to one Job, as [`JobMemory::after`] reads it.
+pub struct JobOutcome<'a> {
+    pub key: &'a ObjectKey,
+    pub action: &'a Action,
+    pub health: Option<&'a Health>,
 }
 
 fn has_ttl(desired: &Value) -> bool {
@@ -99,7 +110,7 @@ impl JobMemory {
     pub fn after(
         &self,
         hashes: &BTreeMap<ObjectKey, String>,
-        outcomes: &[ApplyOutcome],
+        outcomes: &[JobOutcome<'_>],
         in_git: &BTreeSet<ObjectKey>,
     ) -> JobMemory {
         let mut next: BTreeMap<String, JobRun> = (self.0.iter())
@@ -113,7 +124,7 @@ impl JobMemory {
             let Some(hash) = hashes.get(&o.key) else {
                 continue;
             };
-            let key = memory_key(&o.key);
+            let key = memory_key(o.key);
             let seen_finished = matches!(o.health, Some(Health::Healthy | Health::Failed(_)));
             let was_finished = next
                 .get(&key)
@@ -137,7 +148,6 @@ impl JobMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::Action;
     use serde_json::json;
 
     fn job(name: &str, image: &str, ttl: bool) -> PlannedObject {
@@ -167,17 +177,12 @@ mod tests {
         }
     }
 
-    fn outcome(planned: &PlannedObject, action: Action, health: Health) -> ApplyOutcome {
-        ApplyOutcome {
-            key: planned.key.clone(),
-            resource: planned.resource.clone(),
-            origin: planned.origin.clone(),
-            action,
-            drift_corrected: false,
-            health: Some(health),
-            fingerprint: None,
-            live: None,
-            before: None,
+    /// Leaked: a test's outcomes live as long as the test.
+    fn outcome(planned: &PlannedObject, action: Action, health: Health) -> JobOutcome<'static> {
+        JobOutcome {
+            key: Box::leak(Box::new(planned.key.clone())),
+            action: Box::leak(Box::new(action)),
+            health: Some(Box::leak(Box::new(health))),
         }
     }
 

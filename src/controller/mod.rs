@@ -12,9 +12,11 @@
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
 mod context;
 mod credentials;
+mod engine;
 mod events;
 mod process;
 mod reconcile;
+mod rollback;
 mod schedule;
 mod status;
 #[cfg(test)]

@@ -14,8 +14,10 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
-use super::credentials::{CredentialsError, age_keys, apply_client, git_auth};
+use super::credentials::{CredentialsError, age_keys, apply_client};
+use super::engine::{run_sync, source_spec, sync_options, work_dir};
 use super::events::publish;
+use super::rollback;
 use super::schedule::{Due, backoff, due, jittered, known_status};
 use super::status::{
     DRIFT_LIMIT, StatusUpdate, drifted_objects, interrupted_sync, patch_status, reason,
@@ -27,9 +29,7 @@ use crate::crd::{
     short_revision,
 };
 use crate::drift::DriftPolicy;
-use crate::kustomize::KustomizeOptions;
-use crate::source::SourceSpec;
-use crate::sync::{Clients, SyncError, SyncOptions, SyncReport};
+use crate::sync::{Clients, SyncError, SyncReport};
 
 /// Runs the controller until `shutdown` resolves; in-flight syncs stop at a step boundary before
 /// apply, or finish through prune.
@@ -141,10 +141,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     if *ctx.stop.borrow() {
         return Ok(Action::await_change());
     }
-    if why == "interval"
-        && let Some(applied) = ctx.watches.quiet(&key, ctx.config.full_sync_every)
-        && let Some(finished_at) = idle_interval(&ctx, &sync, &update, timeout, &applied).await?
-    {
+    if let Some(finished_at) = fetch_only(&ctx, &sync, &update, timeout, why).await? {
         let wait = jittered(interval, &key, finished_at);
         return between_syncs(&ctx, &sync, timeout, wait).await;
     }
@@ -160,9 +157,10 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     let progressing = format!("syncing ({why}) on {}", ctx.config.identity);
     patch_status(&ctx, &sync, update.progressing(&progressing)).await?;
     ctx.watches.sync_started(&key);
-    let report = run_sync(&ctx, &sync, timeout).await;
-    follow_applied(&ctx, &sync, &report);
+    let report = run_sync(&ctx, &sync, timeout, None).await;
     let finished_at = finish(&ctx, &sync, &update, &report).await?;
+    let report = rollback::if_unhealthy(&ctx, &sync, &update, timeout, report).await?;
+    follow_applied(&ctx, &sync, &report);
     let recheck = remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK);
     let (failure, first_problem) = (report.failure, report.first_problem());
     // What the sync allocated is dropped now: give it back to the system (only after a sync:
@@ -185,6 +183,32 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
             })
         }
     }
+}
+
+/// Intervals that need only a fetch: the watches saw nothing and the revision did not move, or
+/// the revision is still the one a rollback holds back. Returns when that was decided; None: a
+/// full sync is due.
+async fn fetch_only(
+    ctx: &Context,
+    sync: &GitSync,
+    update: &StatusUpdate<'_>,
+    timeout: Duration,
+    why: &str,
+) -> Result<Option<Timestamp>, ControllerError> {
+    let key = key_of(sync);
+    if why == "interval"
+        && let Some(applied) = ctx.watches.quiet(&key, ctx.config.full_sync_every)
+        && let Some(finished_at) = idle_interval(ctx, sync, update, timeout, &applied).await?
+    {
+        return Ok(Some(finished_at));
+    }
+    if let Some(bad) = rollback::held(sync, update.old)
+        && let Some(finished_at) = idle_interval(ctx, sync, update, timeout, &bad).await?
+    {
+        ctx.set_failures(&key, 0);
+        return Ok(Some(finished_at));
+    }
+    Ok(None)
 }
 
 /// Between syncs: repairs the drift the watches saw, reads the health of objects left unhealthy,
@@ -291,85 +315,6 @@ async fn finish(
         publish(ctx, sync, EventType::Normal, "Synced", note).await;
     }
     Ok(finished_at)
-}
-
-/// Fetches credentials, builds the clients and runs the engine.
-async fn run_sync(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncReport {
-    let name = sync.name_any();
-    let work_dir = work_dir(ctx, sync);
-    let credentials = |e| SyncError::Credentials(Box::new(e));
-    let prepared = async {
-        let spec = source_spec(ctx, sync, &work_dir, timeout).await?;
-        let apply = apply_client(ctx, sync).map_err(credentials)?;
-        let keys = age_keys(ctx, sync).await.map_err(credentials)?;
-        let clients = Clients {
-            apply,
-            parent: ctx.client.clone(),
-        };
-        Ok::<_, SyncError>((spec, clients, keys))
-    };
-    let (spec, clients, keys) = match prepared.await {
-        Ok(p) => p,
-        Err(e) => return SyncReport::failed(&name, e),
-    };
-    let mut options = sync_options(ctx, sync, timeout);
-    options.target.decryption = keys;
-    crate::sync::sync_source(&clients, &spec, &work_dir.join("git"), &options).await
-}
-
-/// Where the GitSync's repository is cached.
-fn work_dir(ctx: &Context, sync: &GitSync) -> std::path::PathBuf {
-    let namespace = sync.namespace().unwrap_or_default();
-    ctx.config.cache_dir.join(namespace).join(sync.name_any())
-}
-
-/// The Git source of a GitSync, with its credentials.
-async fn source_spec(
-    ctx: &Context,
-    sync: &GitSync,
-    work_dir: &std::path::Path,
-    timeout: Duration,
-) -> Result<SourceSpec, SyncError> {
-    let auth = git_auth(ctx, sync, work_dir)
-        .await
-        .map_err(|e| SyncError::Credentials(Box::new(e)))?;
-    Ok(SourceSpec {
-        url: sync.spec.url.clone(),
-        reference: sync.spec.git_ref().map_err(SyncError::from)?,
-        auth,
-        timeout,
-    })
-}
-
-/// The engine's options for a GitSync.
-fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOptions {
-    let namespace = sync.namespace().unwrap_or_default();
-    let name = sync.name_any();
-    let target_namespace = sync.spec.target_namespace.as_deref().unwrap_or(&namespace);
-    let mut options = SyncOptions::new(&name, target_namespace);
-    options.target.paths = vec![sync.spec.path.clone()];
-    options.target.parent = Some(Parent::git_sync(&name, &namespace));
-    options.target.kustomize = kustomize_options(ctx, sync, timeout);
-    options.apply.field_manager = ctx.config.field_manager.clone();
-    options.apply.timeout = timeout.min(Duration::from_secs(60));
-    options.apply.drift = sync.spec.drift;
-    options.prune.enabled = sync.spec.prune;
-    options.wait = sync.spec.wait.then_some(timeout);
-    options.stop = Some(ctx.stop.clone());
-    options
-}
-
-/// Kustomize as the GitSync asks, renders cached beside its repository, killed at its timeout.
-fn kustomize_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> KustomizeOptions {
-    let spec = sync.spec.kustomize.clone().unwrap_or_default();
-    KustomizeOptions {
-        mode: spec.mode(),
-        allow_remote_bases: spec.allow_remote_bases,
-        binary: ctx.config.kustomize_binary.clone(),
-        timeout,
-        cache_dir: Some(work_dir(ctx, sync).join("render")),
-        ..KustomizeOptions::default()
-    }
 }
 
 /// After a sync: remembers the objects it left unhealthy (not failed for good: those need a new

@@ -9,14 +9,16 @@ use serde_json::{Value, json};
 
 use super::context::{Context, ControllerError, key_of};
 use crate::crd::{
-    DriftedObject, GitSync, GitSyncStatus, ReleasedFields, SyncHistoryEntry, SyncSummary,
-    short_revision,
+    DriftedObject, GitSync, GitSyncStatus, ReleasedFields, RolledBack, SyncHistoryEntry,
+    SyncSummary, short_revision,
 };
 use crate::sync::SyncReport;
 
 /// Condition reasons (kstatus) besides the failed step's own (`Step::reason`).
 pub mod reason {
     pub const DRIFT_DETECTED: &str = "DriftDetected";
+    pub const ROLLED_BACK: &str = "RolledBack";
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const PROGRESSING: &str = "Progressing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -167,6 +169,14 @@ impl StatusUpdate<'_> {
             "history": self.history(report, now),
             "lastError": last_error,
             "releasedFields": self.released_after(report),
+            "lastHealthyRevision": match ok && report.health_checked {
+                true => report.revision.clone(),
+                false => old.last_healthy_revision.clone(),
+            },
+            "rolledBack": match ok {
+                true => None,
+                false => old.rolled_back.clone(),
+            },
             "drift": self.drift_after(report).into_iter().take(DRIFT_LIMIT).collect::<Vec<_>>(),
         })
     }
@@ -178,6 +188,23 @@ impl StatusUpdate<'_> {
             true => drifted_objects(report, &[]),
             false => drifted_objects(report, &self.old.drift),
         }
+    }
+
+    /// After a rollback: not Ready, stalled until a new commit, naming both revisions; the
+    /// last healthy revision is applied again.
+    pub fn rolled_back(&self, rolled: &RolledBack, message: &str) -> Value {
+        let g = self.generation;
+        let conditions = self.conditions(vec![
+            condition("Ready", false, reason::ROLLED_BACK, message, g),
+            condition("Reconciling", false, reason::ROLLED_BACK, "", g),
+            condition("Stalled", true, reason::ROLLED_BACK, message, g),
+        ]);
+        json!({
+            "conditions": conditions,
+            "lastAppliedRevision": rolled.to,
+            "shortRevision": short_revision(&rolled.to),
+            "rolledBack": rolled,
+        })
     }
 
     /// The fields left to other controllers: as this sync found them, or as they were when it

@@ -9,7 +9,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::applyset::{Footprint, OpenSet, write_jobs};
 use crate::plan::{self, Discovery, PlannedObject};
-use crate::run_once::JobMemory;
+use crate::run_once::{JobMemory, JobOutcome};
 use crate::source::{self, Checkout, SourceSpec};
 use plan_step::{load, make_plan, release_fields};
 
@@ -148,6 +148,7 @@ async fn run(
         .filter(|_| !options.apply.dry_run && report.succeeded());
     if let Some(timeout) = waiting {
         apply_step::wait_for_health(client, &mut applied.outcomes, timeout).await;
+        report.health_checked = true;
     }
     report.record_applied(&applied.outcomes);
     if waiting.is_some() && report.succeeded() {
@@ -170,7 +171,14 @@ async fn remember_jobs(
     applied: &apply_step::Applied,
     report: &mut SyncReport,
 ) {
-    let jobs = set.jobs.after(hashes, &applied.outcomes, &applied.wanted);
+    let outcomes: Vec<JobOutcome> = (applied.outcomes.iter())
+        .map(|o| JobOutcome {
+            key: &o.key,
+            action: &o.action,
+            health: o.health.as_ref(),
+        })
+        .collect();
+    let jobs = set.jobs.after(hashes, &outcomes, &applied.wanted);
     if jobs == set.jobs || options.apply.dry_run {
         return;
     }

@@ -43,6 +43,9 @@ pub struct SyncReport {
     pub render_duration: Option<Duration>,
     /// The step of the first failure.
     pub failure: Option<Step>,
+    /// The sync waited for the applied objects' health (so a success means healthy).
+    #[serde(skip)]
+    pub health_checked: bool,
     /// Dry runs only: (object, before, after) for every object that would change.
     #[serde(skip)]
     pub changes: Vec<Change>,

@@ -20,6 +20,7 @@ mod homelab;
 mod https;
 mod kustomize;
 mod layout;
+mod rollback;
 mod run_once;
 mod security;
 mod sops;

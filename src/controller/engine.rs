@@ -1,0 +1,103 @@
+//! What the controller hands the engine for one GitSync: its source and credentials, its sync
+//! options, and where its repository and renders are cached.
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::context::Context;
+use super::credentials::{age_keys, apply_client, git_auth};
+use crate::applyset::Parent;
+use crate::crd::GitSync;
+use crate::kustomize::KustomizeOptions;
+use crate::source::SourceSpec;
+use crate::sync::{Clients, SyncError, SyncOptions, SyncReport};
+
+/// Fetches credentials, builds the clients and runs the engine; `at` pins a commit (a
+/// rollback's), which is then applied without waiting and pruned only if the spec allows it.
+pub async fn run_sync(
+    ctx: &Context,
+    sync: &GitSync,
+    timeout: Duration,
+    at: Option<&str>,
+) -> SyncReport {
+    let name = sync.name_any();
+    let work_dir = work_dir(ctx, sync);
+    let credentials = |e| SyncError::Credentials(Box::new(e));
+    let prepared = async {
+        let spec = source_spec(ctx, sync, &work_dir, timeout).await?;
+        let apply = apply_client(ctx, sync).map_err(credentials)?;
+        let keys = age_keys(ctx, sync).await.map_err(credentials)?;
+        let clients = Clients {
+            apply,
+            parent: ctx.client.clone(),
+        };
+        Ok::<_, SyncError>((spec, clients, keys))
+    };
+    let (mut spec, clients, keys) = match prepared.await {
+        Ok(p) => p,
+        Err(e) => return SyncReport::failed(&name, e),
+    };
+    let mut options = sync_options(ctx, sync, timeout);
+    options.target.decryption = keys;
+    if let Some(commit) = at {
+        spec.reference = crate::source::GitRef::Commit(commit.into());
+        options.wait = None;
+        options.prune.enabled &= sync.spec.rollback.as_ref().is_some_and(|r| r.prune);
+    }
+    crate::sync::sync_source(&clients, &spec, &work_dir.join("git"), &options).await
+}
+
+/// Where the GitSync's repository is cached.
+pub fn work_dir(ctx: &Context, sync: &GitSync) -> std::path::PathBuf {
+    let namespace = sync.namespace().unwrap_or_default();
+    ctx.config.cache_dir.join(namespace).join(sync.name_any())
+}
+
+/// The Git source of a GitSync, with its credentials.
+pub async fn source_spec(
+    ctx: &Context,
+    sync: &GitSync,
+    work_dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<SourceSpec, SyncError> {
+    let auth = git_auth(ctx, sync, work_dir)
+        .await
+        .map_err(|e| SyncError::Credentials(Box::new(e)))?;
+    Ok(SourceSpec {
+        url: sync.spec.url.clone(),
+        reference: sync.spec.git_ref().map_err(SyncError::from)?,
+        auth,
+        timeout,
+    })
+}
+
+/// The engine's options for a GitSync.
+pub fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOptions {
+    let namespace = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let target_namespace = sync.spec.target_namespace.as_deref().unwrap_or(&namespace);
+    let mut options = SyncOptions::new(&name, target_namespace);
+    options.target.paths = vec![sync.spec.path.clone()];
+    options.target.parent = Some(Parent::git_sync(&name, &namespace));
+    options.target.kustomize = kustomize_options(ctx, sync, timeout);
+    options.apply.field_manager = ctx.config.field_manager.clone();
+    options.apply.timeout = timeout.min(Duration::from_secs(60));
+    options.apply.drift = sync.spec.drift;
+    options.prune.enabled = sync.spec.prune;
+    options.wait = (sync.spec.wait || sync.spec.rolls_back()).then_some(timeout);
+    options.stop = Some(ctx.stop.clone());
+    options
+}
+
+/// Kustomize as the GitSync asks, renders cached beside its repository, killed at its timeout.
+fn kustomize_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> KustomizeOptions {
+    let spec = sync.spec.kustomize.clone().unwrap_or_default();
+    KustomizeOptions {
+        mode: spec.mode(),
+        allow_remote_bases: spec.allow_remote_bases,
+        binary: ctx.config.kustomize_binary.clone(),
+        timeout,
+        cache_dir: Some(work_dir(ctx, sync).join("render")),
+        ..KustomizeOptions::default()
+    }
+}
