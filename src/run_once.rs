@@ -119,9 +119,9 @@ impl JobMemory {
             .collect();
         for o in outcomes
             .iter()
-            .filter(|o| is_job(&o.key) && o.action.applied())
+            .filter(|o| is_job(o.key) && o.action.applied())
         {
-            let Some(hash) = hashes.get(&o.key) else {
+            let Some(hash) = hashes.get(o.key) else {
                 continue;
             };
             let key = memory_key(o.key);
