@@ -14,16 +14,8 @@ use crate::support::controller::{
     ControllerProcess, create_gitsync, install_crd, wait_for_revision,
 };
 use crate::support::git::{GitDaemon, GitRepo};
-use crate::support::manifests::configmap;
+use crate::support::manifests::{configmap, deployment};
 use crate::support::{TestNamespace, eventually, run};
-
-fn deployment(name: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  \
-         selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    \
-         spec: {{containers: [{{name: c, image: registry.invalid/none:1}}]}}\n"
-    )
-}
 
 fn kubectl(ns: &str, args: &[&str]) -> String {
     run(Command::new("kubectl").args(args).args(["-n", ns]))

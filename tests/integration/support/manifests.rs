@@ -40,6 +40,15 @@ pub fn configmap(name: &str, value: &str) -> String {
     )
 }
 
+/// A Deployment whose Pods kwok runs (the image is never pulled).
+pub fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  \
+         selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    \
+         spec: {{containers: [{{name: c, image: registry.invalid/none:1}}]}}\n"
+    )
+}
+
 pub async fn sync_dir(
     ns: &TestNamespace,
     dir: &Path,
