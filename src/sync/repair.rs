@@ -85,10 +85,15 @@ async fn reapply(
     let none_listed = BTreeMap::new();
     let mut outcomes = Vec::new();
     // A Job that ran is not run again by a repair (its TTL deleting it is no drift).
-    let jobs = read_parent(&clients.parent, &options.target.parent())
-        .await
-        .map_err(SyncError::from)?
-        .jobs;
+    let any_job = (the_plan.objects.iter()).any(|o| crate::run_once::is_job(&o.key));
+    let jobs = match any_job {
+        true => {
+            (read_parent(&clients.parent, &options.target.parent()).await)
+                .map_err(SyncError::from)?
+                .jobs
+        }
+        false => Default::default(),
+    };
     let (ran, pending): (Vec<_>, Vec<_>) =
         (the_plan.objects.into_iter()).partition(|o| jobs.already_ran(o));
     outcomes.extend(ran.iter().map(super::apply_step::ran_once));
