@@ -84,7 +84,10 @@ async fn an_unhealthy_revision_is_rolled_back_to_the_last_healthy_one_and_held_b
     // The push is seen at the next interval (±10 %), the wait ends at the timeout, then one
     // sync of the good revision: allow 3 s for the two syncs themselves.
     let bound = timeout + interval * 11 / 10 + Duration::from_secs(3);
-    assert!(took < bound, "rolled back after {took:?}, more than {bound:?}");
+    assert!(
+        took < bound,
+        "rolled back after {took:?}, more than {bound:?}"
+    );
     let (sync, rolled) = rolled;
     assert_eq!(
         (rolled.from.as_str(), rolled.to.as_str()),
