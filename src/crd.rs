@@ -105,6 +105,21 @@ pub struct GitSyncSpec {
     /// new commit, a spec change or a `kubesync.dev/requestedAt` request. Implies `wait`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackSpec>,
+    /// GitSyncs that must be Ready, with their last attempt applied, before this one syncs
+    /// (infrastructure before the apps that use it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<DependencyRef>,
+}
+
+/// Another GitSync this one waits for.
+#[derive(
+    Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub struct DependencyRef {
+    pub name: String,
+    /// Default: this GitSync's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// When and how a GitSync rolls back.

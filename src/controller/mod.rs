@@ -12,6 +12,7 @@
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
 mod context;
 mod credentials;
+mod dependencies;
 mod engine;
 mod events;
 mod process;

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
 use super::credentials::{CredentialsError, age_keys, apply_client};
+use super::dependencies;
 use super::engine::{run_sync, source_spec, sync_options, work_dir};
 use super::events::publish;
 use super::rollback;
@@ -140,6 +141,9 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     };
     if *ctx.stop.borrow() {
         return Ok(Action::await_change());
+    }
+    if let Some(action) = dependencies::hold(&ctx, &sync, &update).await? {
+        return Ok(action);
     }
     if let Some(finished_at) = fetch_only(&ctx, &sync, &update, timeout, why).await? {
         let wait = jittered(interval, &key, finished_at);

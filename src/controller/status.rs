@@ -19,6 +19,8 @@ pub mod reason {
     pub const DRIFT_DETECTED: &str = "DriftDetected";
     pub const ROLLED_BACK: &str = "RolledBack";
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
+    pub const DEPENDENCY_CYCLE: &str = "DependencyCycle";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const PROGRESSING: &str = "Progressing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -188,6 +190,20 @@ impl StatusUpdate<'_> {
             true => drifted_objects(report, &[]),
             false => drifted_objects(report, &self.old.drift),
         }
+    }
+
+    /// Waiting for dependencies: not Ready, not syncing; stalled for a cycle.
+    pub fn waiting(&self, why: &str, message: &str, stalled: bool) -> Value {
+        let g = self.generation;
+        let conditions = self.conditions(vec![
+            condition("Ready", false, why, message, g),
+            condition("Reconciling", false, why, "", g),
+            match stalled {
+                true => condition("Stalled", true, why, message, g),
+                false => condition("Stalled", false, why, "", g),
+            },
+        ]);
+        json!({"conditions": conditions})
     }
 
     /// After a rollback: not Ready, stalled until a new commit, naming both revisions; the

@@ -7,6 +7,7 @@ mod chart;
 mod controller;
 mod controller_faults;
 mod correctness;
+mod dependencies;
 mod docs;
 mod drift;
 mod drift_report;
