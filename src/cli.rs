@@ -529,6 +529,7 @@ async fn prepare(
         apply,
         prune,
         wait: None,
+        wait_for_crds: false,
         stop: None,
     };
     let cache_dir = source.cache_dir();

@@ -254,6 +254,13 @@ pub struct GitSyncStatus {
     /// The last revision whose objects became healthy (syncs that wait for health only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_healthy_revision: Option<String>,
+    /// Objects of the last sync that wait for their CRD (another GitSync installs it), at most
+    /// 20; nothing is pruned while any wait.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_crd: Vec<String>,
+    /// Since when objects wait for their CRD; after 10 minutes a sync fails on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_crd_since: Option<Time>,
     /// The last automatic rollback, until a revision syncs successfully again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,

@@ -647,6 +647,22 @@ fn unresolved_error(manifest: &Manifest, discovery: &Discovery) -> PlanError {
     }
 }
 
+impl PlanError {
+    /// An object of a custom kind whose API group the cluster does not serve at all: its CRD is
+    /// not installed yet (or never will be). Built-in groups (no dot, or `*.k8s.io`) never
+    /// qualify: an unserved version there is a removed API.
+    pub fn awaits_crd(&self) -> bool {
+        let PlanError::VersionNotServed {
+            api_version, hint, ..
+        } = self
+        else {
+            return false;
+        };
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        group.contains('.') && !group.ends_with(".k8s.io") && hint.contains("not installed")
+    }
+}
+
 /// Resolves deferred objects after CRDs were applied and discovery refreshed.
 pub fn resolve_deferred(
     deferred: Vec<DeferredObject>,
@@ -816,6 +832,20 @@ mod tests {
         );
         assert!(messages[2].contains("unavailable"), "{}", messages[2]);
         assert!(discovery().is_stale("metrics.example.io/v1beta1"));
+    }
+
+    #[test]
+    fn only_custom_groups_the_cluster_does_not_serve_await_a_crd() {
+        let plan = plan(
+            manifests(
+                "mixed.yaml",
+                "apiVersion: widgets.example.dev/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: extensions/v1beta1\nkind: DaemonSet\nmetadata: {name: d}\n---\napiVersion: other.k8s.io/v1\nkind: Thing\nmetadata: {name: t}\n",
+            ),
+            &discovery(),
+            &ctx(),
+        );
+        let awaiting: Vec<bool> = plan.errors.iter().map(PlanError::awaits_crd).collect();
+        assert_eq!(awaiting, [true, false, false], "{:?}", plan.errors);
     }
 
     #[test]

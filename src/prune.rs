@@ -78,16 +78,19 @@ pub enum PruneBlocked {
     EmptySource,
     /// More objects would go than --max-prune allows.
     TooMany(String),
+    /// Some objects wait for their CRD: the set is not complete yet.
+    WaitingForCrd,
 }
 
 impl PruneBlocked {
     /// Every value of [`PruneBlocked::category`].
-    pub const CATEGORIES: [&'static str; 5] = [
+    pub const CATEGORIES: [&'static str; 6] = [
         "disabled",
         "failure",
         "incomplete_inventory",
         "empty_source",
         "too_many",
+        "waiting_for_crd",
     ];
 
     /// Fixed label value for metrics.
@@ -98,6 +101,7 @@ impl PruneBlocked {
             PruneBlocked::IncompleteInventory(_) => "incomplete_inventory",
             PruneBlocked::EmptySource => "empty_source",
             PruneBlocked::TooMany(_) => "too_many",
+            PruneBlocked::WaitingForCrd => "waiting_for_crd",
         }
     }
 }
@@ -116,6 +120,9 @@ impl std::fmt::Display for PruneBlocked {
             ),
             PruneBlocked::TooMany(d) => {
                 write!(f, "not pruning: {d} (raise --max-prune to allow it)")
+            }
+            PruneBlocked::WaitingForCrd => {
+                write!(f, "not pruning: some objects wait for their CRD")
             }
         }
     }

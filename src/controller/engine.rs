@@ -85,6 +85,7 @@ pub fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOpt
     options.apply.drift = sync.spec.drift;
     options.prune.enabled = sync.spec.prune;
     options.wait = (sync.spec.wait || sync.spec.rolls_back()).then_some(timeout);
+    options.wait_for_crds = waits_for_crds(sync, k8s_openapi::jiff::Timestamp::now());
     options.stop = Some(ctx.stop.clone());
     options
 }
@@ -100,4 +101,16 @@ fn kustomize_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> Kustom
         cache_dir: Some(work_dir(ctx, sync).join("render")),
         ..KustomizeOptions::default()
     }
+}
+
+/// How long objects may wait for their CRD before a sync fails on them (and alerts).
+pub const CRD_WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+/// Whether objects may still wait for their CRD: not yet, or for less than [`CRD_WAIT_LIMIT`].
+pub fn waits_for_crds(sync: &GitSync, now: k8s_openapi::jiff::Timestamp) -> bool {
+    let since = (sync.status.as_ref()).and_then(|s| s.waiting_for_crd_since.as_ref());
+    since.is_none_or(|since| {
+        let waited: Duration = now.duration_since(since.0).try_into().unwrap_or_default();
+        waited < CRD_WAIT_LIMIT
+    })
 }

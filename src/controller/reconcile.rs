@@ -19,7 +19,7 @@ use super::dependencies;
 use super::engine::{run_sync, source_spec, sync_options, work_dir};
 use super::events::publish;
 use super::rollback;
-use super::schedule::{Due, backoff, due, jittered, known_status};
+use super::schedule::{CRD_RECHECK, Due, backoff, due, jittered, known_status};
 use super::status::{
     DRIFT_LIMIT, StatusUpdate, drifted_objects, interrupted_sync, patch_status, reason,
 };
@@ -165,7 +165,8 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     let finished_at = finish(&ctx, &sync, &update, &report).await?;
     let report = rollback::if_unhealthy(&ctx, &sync, &update, timeout, report).await?;
     follow_applied(&ctx, &sync, &report);
-    let recheck = remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK);
+    let recheck = (remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK))
+        .or((!report.waiting_for_crd.is_empty()).then_some(CRD_RECHECK));
     let (failure, first_problem) = (report.failure, report.first_problem());
     // What the sync allocated is dropped now: give it back to the system (only after a sync:
     // trimming costs more than an idle interval).

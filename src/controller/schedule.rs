@@ -22,6 +22,9 @@ pub fn jittered(interval: Duration, key: &str, last_sync: Timestamp) -> Duration
     interval.mul_f64(1.0 + 0.1 * unit)
 }
 
+/// How soon a GitSync whose objects wait for their CRD syncs again.
+pub const CRD_RECHECK: Duration = Duration::from_secs(5);
+
 /// Backoff after `failures` consecutive failures: 5 s doubling, never beyond the interval.
 pub fn backoff(failures: u32, interval: Duration) -> Duration {
     let exp = Duration::from_secs(5).saturating_mul(1u32 << failures.saturating_sub(1).min(10));
@@ -61,8 +64,11 @@ pub fn due(sync: &GitSync, interval: Duration, failures: u32, now: Timestamp) ->
     let Some(last) = status.last_sync_time else {
         return Due::Now("never synced");
     };
+    let waiting_for_crd = !status.waiting_for_crd.is_empty();
     let wait = if failures > 0 {
         backoff(failures, interval)
+    } else if waiting_for_crd {
+        CRD_RECHECK.min(interval)
     } else {
         jittered(interval, &key_of(sync), last.0)
     };
@@ -71,7 +77,11 @@ pub fn due(sync: &GitSync, interval: Duration, failures: u32, now: Timestamp) ->
         .try_into()
         .unwrap_or(Duration::ZERO);
     if elapsed >= wait {
-        Due::Now(if failures > 0 { "retry" } else { "interval" })
+        Due::Now(match (failures > 0, waiting_for_crd) {
+            (true, _) => "retry",
+            (false, true) => "waiting for CRDs",
+            (false, false) => "interval",
+        })
     } else {
         Due::In(wait - elapsed)
     }

@@ -21,6 +21,7 @@ pub mod reason {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
     pub const DEPENDENCY_CYCLE: &str = "DependencyCycle";
+    pub const WAITING_FOR_CRD: &str = "WaitingForCRD";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const PROGRESSING: &str = "Progressing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -143,7 +144,12 @@ impl StatusUpdate<'_> {
             }
             e
         });
+        let waiting = report.waiting_for_crd.len();
         let ready_message = match ok {
+            true if waiting > 0 => format!(
+                "{waiting} object(s) wait for their CRD, nothing pruned; first: {}",
+                report.waiting_for_crd[0]
+            ),
             true => format!(
                 "applied revision {}",
                 report
@@ -154,9 +160,18 @@ impl StatusUpdate<'_> {
             ),
             false => last_error.clone().unwrap_or_default(),
         };
-        let last_applied = match ok {
+        let last_applied = match ok && waiting == 0 {
             true => report.revision.clone(),
             false => old.last_applied_revision.clone(),
+        };
+        let waiting_since = match (ok, waiting) {
+            (true, 0) => None,
+            (true, _) => Some(
+                old.waiting_for_crd_since
+                    .clone()
+                    .unwrap_or(Time(finished_at)),
+            ),
+            (false, _) => old.waiting_for_crd_since.clone(),
         };
         let now = Time(finished_at);
         json!({
@@ -171,6 +186,8 @@ impl StatusUpdate<'_> {
             "history": self.history(report, now),
             "lastError": last_error,
             "releasedFields": self.released_after(report),
+            "waitingForCrd": report.waiting_for_crd.iter().take(DRIFT_LIMIT).collect::<Vec<_>>(),
+            "waitingForCrdSince": waiting_since,
             "lastHealthyRevision": match ok && report.health_checked {
                 true => report.revision.clone(),
                 false => old.last_healthy_revision.clone(),
@@ -242,6 +259,7 @@ impl StatusUpdate<'_> {
     fn finished_conditions(&self, report: &SyncReport, ready_message: &str) -> Vec<Condition> {
         let g = self.generation;
         let (ready, reason) = match report.failure {
+            None if !report.waiting_for_crd.is_empty() => (false, reason::WAITING_FOR_CRD),
             None => (true, reason::SUCCEEDED),
             Some(step) => (false, step.reason()),
         };

@@ -119,7 +119,7 @@ async fn run(
     debug_elapsed(clock, "manifests loaded");
     let discovery = Discovery::run(client).await.map_err(SyncError::from)?;
     let ctx = options.target.plan_context();
-    let mut the_plan = make_plan(manifests, &discovery, &ctx, report)?;
+    let mut the_plan = make_plan(manifests, &discovery, &ctx, options.wait_for_crds, report)?;
     release_fields(client, &discovery, options, &mut the_plan, report).await?;
     check_stop(options)?;
     debug_elapsed(clock, "planned");

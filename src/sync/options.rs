@@ -55,6 +55,10 @@ pub struct SyncOptions {
     pub prune: PrunePolicy,
     /// Wait for health, at most this long.
     pub wait: Option<Duration>,
+    /// Objects of a custom kind whose API group the cluster does not serve yet (its CRD comes
+    /// from another sync) are reported as waiting instead of failing the sync (the controller's
+    /// choice; the CLI fails them).
+    pub wait_for_crds: bool,
     /// Set to true to stop the sync at the next step boundary before apply. Once apply has
     /// begun, the sync runs through prune, so a stop never leaves a half-pruned set.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -75,6 +79,7 @@ impl SyncOptions {
             apply: ApplyOptions::default(),
             prune: PrunePolicy::default(),
             wait: None,
+            wait_for_crds: false,
             stop: None,
         }
     }

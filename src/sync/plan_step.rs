@@ -73,10 +73,20 @@ pub fn make_plan(
     manifests: Vec<Manifest>,
     discovery: &Discovery,
     ctx: &PlanContext,
+    wait_for_crds: bool,
     report: &mut SyncReport,
 ) -> Result<plan::Plan, SyncError> {
     let mut the_plan = plan::plan(manifests, discovery, ctx);
     report.warnings.append(&mut the_plan.warnings);
+    if wait_for_crds {
+        let (waiting, errors) = std::mem::take(&mut the_plan.errors)
+            .into_iter()
+            .partition(|e| e.awaits_crd());
+        the_plan.errors = errors;
+        report.waiting_for_crd = (waiting.iter())
+            .map(|e: &plan::PlanError| e.to_string())
+            .collect();
+    }
     match the_plan.errors.is_empty() {
         true => Ok(the_plan),
         false => Err(SyncError::Plans(std::mem::take(&mut the_plan.errors))),

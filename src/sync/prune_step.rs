@@ -15,6 +15,9 @@ pub fn blocked(report: &SyncReport, set: &OpenSet) -> Option<PruneBlocked> {
     if !report.succeeded() {
         return Some(PruneBlocked::Failure);
     }
+    if !report.waiting_for_crd.is_empty() {
+        return Some(PruneBlocked::WaitingForCrd);
+    }
     if !set.inventory.complete() {
         let detail = set
             .inventory

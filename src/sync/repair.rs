@@ -67,7 +67,7 @@ async fn reapply(
         .await
         .map_err(SyncError::from)?;
     let ctx = options.target.plan_context();
-    let mut the_plan = make_plan(manifests, &discovery, &ctx, report)?;
+    let mut the_plan = make_plan(manifests, &discovery, &ctx, false, report)?;
     the_plan.objects.retain(|o| objects.contains(&o.key));
     release_fields(&clients.apply, &discovery, options, &mut the_plan, report).await?;
     let found: BTreeSet<&ObjectKey> = the_plan.objects.iter().map(|o| &o.key).collect();

@@ -26,6 +26,10 @@ pub struct SyncReport {
     /// Every failure, in the order it happened.
     #[serde(serialize_with = "messages")]
     pub errors: Vec<SyncError>,
+    /// Objects not applied because their kind's CRD is not served yet (`wait_for_crds`): one
+    /// line each, naming file, document and object. Nothing is pruned while any wait.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_crd: Vec<String>,
     /// Problems that did not stop the sync.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

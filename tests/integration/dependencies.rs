@@ -101,3 +101,107 @@ async fn apps_wait_for_infra_without_failing_and_a_cycle_is_reported() {
     }
     run(std::process::Command::new("kubectl").args(["delete", "crd", &format!("widgets.{group}")]));
 }
+
+#[tokio::test]
+async fn custom_resources_wait_for_their_crd_without_failing_and_apply_once_it_is_there() {
+    let ns = TestNamespace::new("crd-wait").await;
+    install_crd(&ns.client).await;
+    let group = format!("{}.example.dev", ns.name);
+    let repo = GitRepo::new();
+    repo.write("infra/crd.yaml", &crd(&group));
+    repo.write(
+        "apps/widget.yaml",
+        &format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec: {{size: 1}}\n"),
+    );
+    repo.write(
+        "apps/config.yaml",
+        &crate::support::manifests::configmap("settings", "x"),
+    );
+    let revision = repo.commit_and_push("apps before their CRD");
+    let daemon = GitDaemon::start(repo.root.path());
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let apps = create_gitsync(
+        &ns,
+        "apps",
+        json!({"url": daemon.url(), "path": "apps", "interval": "1h"}),
+    )
+    .await;
+    let status = eventually(
+        Duration::from_secs(30),
+        "apps waits for the Widget CRD",
+        || async {
+            let sync = apps.get("apps").await.ok()?;
+            let (_, reason, _) = ready_reason(&sync)?;
+            (reason == "WaitingForCRD").then_some(sync.status?)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.waiting_for_crd.len(),
+        1,
+        "{:?}",
+        status.waiting_for_crd
+    );
+    assert!(
+        status.waiting_for_crd[0].contains("widget.yaml"),
+        "{:?}",
+        status.waiting_for_crd
+    );
+    assert!(status.waiting_for_crd_since.is_some());
+    assert_ne!(
+        status.last_applied_revision.as_deref(),
+        Some(revision.as_str()),
+        "not all applied"
+    );
+    run(std::process::Command::new("kubectl").args([
+        "-n",
+        &ns.name,
+        "get",
+        "configmap",
+        "settings",
+    ]));
+    // A few retries later: still waiting, still no failure.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let failures = format!(
+        "kubesync_sync_runs_total{{sync=\"{}/apps\",result=\"failure\"}} ",
+        ns.name
+    );
+    assert_eq!(controller.metric(&failures), 0.0, "waiting is not failing");
+    let blocked = format!(
+        "kubesync_prune_blocked_total{{sync=\"{}/apps\",reason=\"waiting_for_crd\"}} ",
+        ns.name
+    );
+    assert!(controller.metric(&blocked) >= 2.0, "retried, never pruning");
+
+    create_gitsync(
+        &ns,
+        "infra",
+        json!({"url": daemon.url(), "path": "infra", "interval": "1h"}),
+    )
+    .await;
+    wait_for_revision(&apps, "infra", &revision, Duration::from_secs(60)).await;
+    let waited = wait_for_revision(&apps, "apps", &revision, Duration::from_secs(20)).await;
+    println!("apps applied {:.1} s after infra", waited.as_secs_f64());
+    run(std::process::Command::new("kubectl").args([
+        "-n",
+        &ns.name,
+        "get",
+        &format!("widgets.{group}"),
+        "w",
+    ]));
+    let status = apps
+        .get("apps")
+        .await
+        .expect("apps")
+        .status
+        .expect("status");
+    assert!(status.waiting_for_crd.is_empty() && status.waiting_for_crd_since.is_none());
+    assert_eq!(
+        ready_reason(&apps.get("apps").await.expect("apps"))
+            .map(|r| r.0)
+            .as_deref(),
+        Some("True")
+    );
+    assert_eq!(controller.metric(&failures), 0.0);
+    run(std::process::Command::new("kubectl").args(["delete", "crd", &format!("widgets.{group}")]));
+}
