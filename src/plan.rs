@@ -399,6 +399,8 @@ pub enum PlanError {
         object: String,
         api_version: String,
         hint: String,
+        /// The cluster serves some version of the API group.
+        group_served: bool,
     },
     #[error(
         "{origin}: {object}: the cluster has no kind {kind} in {api_version} (is its CRD installed?)"
@@ -644,6 +646,7 @@ fn unresolved_error(manifest: &Manifest, discovery: &Discovery) -> PlanError {
         object,
         api_version: manifest.api_version.clone(),
         hint,
+        group_served: discovery.versions.contains_key(group),
     }
 }
 
@@ -653,13 +656,15 @@ impl PlanError {
     /// qualify: an unserved version there is a removed API.
     pub fn awaits_crd(&self) -> bool {
         let PlanError::VersionNotServed {
-            api_version, hint, ..
+            api_version,
+            group_served: false,
+            ..
         } = self
         else {
             return false;
         };
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        group.contains('.') && !group.ends_with(".k8s.io") && hint.contains("not installed")
+        group.contains('.') && !group.ends_with(".k8s.io")
     }
 }
 
