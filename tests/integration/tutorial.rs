@@ -514,3 +514,30 @@ async fn section_13_snippets_match_in_both_languages_and_are_valid() {
     assert!(rollback.rolls_back());
     assert!(rollback.validate().is_ok());
 }
+
+/// Section 14's GitSyncs are the same in English and Japanese and are valid GitSyncs, the apps
+/// one depending on the infra one.
+#[test]
+fn section_14_gitsyncs_match_in_both_languages_and_are_valid() {
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).expect("doc");
+    let en = section_blocks(&read("docs/tutorial-homelab.md"), "## 14.");
+    let ja = section_blocks(&read("docs/ja/tutorial-homelab.md"), "## 14.");
+    assert_eq!(en, ja, "section 14's commands differ between en and ja");
+    let script = &en[0].1;
+    let yaml = script
+        .split("<<'YAML'\n")
+        .nth(1)
+        .and_then(|r| r.split("\nYAML").next())
+        .expect("a heredoc");
+    let syncs: Vec<GitSync> = yaml
+        .split("\n---\n")
+        .map(|doc| {
+            let value: Value = serde_saphyr::from_str(doc).expect("YAML");
+            serde_json::from_value(value).expect("a GitSync")
+        })
+        .collect();
+    assert_eq!(syncs.len(), 2);
+    assert!(syncs.iter().all(|s| s.spec.validate().is_ok()));
+    assert_eq!(syncs[1].spec.depends_on[0].name, "infra");
+    assert_eq!(syncs[0].metadata.name.as_deref(), Some("infra"));
+}
