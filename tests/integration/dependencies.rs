@@ -24,10 +24,8 @@ fn crd(group: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn apps_wait_for_infra_without_failing_and_a_cycle_is_reported() {
-    let ns = TestNamespace::new("depends").await;
-    install_crd(&ns.client).await;
+/// A repository with the Widget CRD in `infra/` and a Widget in `apps/`; returns the CRD's group.
+fn layered_repo(ns: &TestNamespace) -> (String, GitRepo) {
     let group = format!("{}.example.dev", ns.name);
     let repo = GitRepo::new();
     repo.write("infra/crd.yaml", &crd(&group));
@@ -35,6 +33,31 @@ async fn apps_wait_for_infra_without_failing_and_a_cycle_is_reported() {
         "apps/widget.yaml",
         &format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec: {{size: 1}}\n"),
     );
+    (group, repo)
+}
+
+/// The infra GitSync is created; apps, which waited, applies its Widget soon after.
+async fn infra_arrives(
+    ns: &TestNamespace,
+    apps: &kube::Api<GitSync>,
+    daemon: &GitDaemon,
+    revision: &str,
+    group: &str,
+) {
+    let spec = json!({"url": daemon.url(), "path": "infra", "interval": "1h"});
+    create_gitsync(ns, "infra", spec).await;
+    wait_for_revision(apps, "infra", revision, Duration::from_secs(60)).await;
+    let waited = wait_for_revision(apps, "apps", revision, Duration::from_secs(20)).await;
+    println!("apps applied {:.1} s after infra", waited.as_secs_f64());
+    let widgets = format!("widgets.{group}");
+    run(std::process::Command::new("kubectl").args(["-n", &ns.name, "get", &widgets, "w"]));
+}
+
+#[tokio::test]
+async fn apps_wait_for_infra_without_failing_and_a_cycle_is_reported() {
+    let ns = TestNamespace::new("depends").await;
+    install_crd(&ns.client).await;
+    let (group, repo) = layered_repo(&ns);
     let revision = repo.commit_and_push("infra and apps");
     let daemon = GitDaemon::start(repo.root.path());
     let controller = ControllerProcess::start(&ns.name, &[]);
@@ -56,22 +79,7 @@ async fn apps_wait_for_infra_without_failing_and_a_cycle_is_reported() {
         waiting.1
     );
 
-    create_gitsync(
-        &ns,
-        "infra",
-        json!({"url": daemon.url(), "path": "infra", "interval": "1h"}),
-    )
-    .await;
-    wait_for_revision(&apps, "infra", &revision, Duration::from_secs(60)).await;
-    let waited = wait_for_revision(&apps, "apps", &revision, Duration::from_secs(20)).await;
-    println!("apps applied {:.1} s after infra", waited.as_secs_f64());
-    run(std::process::Command::new("kubectl").args([
-        "-n",
-        &ns.name,
-        "get",
-        &format!("widgets.{group}"),
-        "w",
-    ]));
+    infra_arrives(&ns, &apps, &daemon, &revision, &group).await;
     let failures = format!(
         "kubesync_sync_runs_total{{sync=\"{}/apps\",result=\"failure\"}} ",
         ns.name
@@ -106,13 +114,7 @@ async fn apps_wait_for_infra_without_failing_and_a_cycle_is_reported() {
 async fn custom_resources_wait_for_their_crd_without_failing_and_apply_once_it_is_there() {
     let ns = TestNamespace::new("crd-wait").await;
     install_crd(&ns.client).await;
-    let group = format!("{}.example.dev", ns.name);
-    let repo = GitRepo::new();
-    repo.write("infra/crd.yaml", &crd(&group));
-    repo.write(
-        "apps/widget.yaml",
-        &format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec: {{size: 1}}\n"),
-    );
+    let (group, repo) = layered_repo(&ns);
     repo.write(
         "apps/config.yaml",
         &crate::support::manifests::configmap("settings", "x"),
@@ -173,22 +175,7 @@ async fn custom_resources_wait_for_their_crd_without_failing_and_apply_once_it_i
     );
     assert!(controller.metric(&blocked) >= 2.0, "retried, never pruning");
 
-    create_gitsync(
-        &ns,
-        "infra",
-        json!({"url": daemon.url(), "path": "infra", "interval": "1h"}),
-    )
-    .await;
-    wait_for_revision(&apps, "infra", &revision, Duration::from_secs(60)).await;
-    let waited = wait_for_revision(&apps, "apps", &revision, Duration::from_secs(20)).await;
-    println!("apps applied {:.1} s after infra", waited.as_secs_f64());
-    run(std::process::Command::new("kubectl").args([
-        "-n",
-        &ns.name,
-        "get",
-        &format!("widgets.{group}"),
-        "w",
-    ]));
+    infra_arrives(&ns, &apps, &daemon, &revision, &group).await;
     let status = apps
         .get("apps")
         .await
