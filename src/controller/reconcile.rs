@@ -133,9 +133,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         return Ok(Action::await_change());
     }
     let failures = ctx.failure_count(&key);
-    let mut view = (*sync).clone();
-    view.status = Some(known_status(&old_status, ctx.finished(&key).as_ref()));
-    let why = match due(&view, interval, failures, Timestamp::now()) {
+    let why = match when_due(&ctx, &sync, interval, failures) {
         Due::In(wait) => return between_syncs(&ctx, &sync, timeout, wait).await,
         Due::Now(why) => why,
     };
@@ -187,6 +185,22 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
                 message: first_problem.unwrap_or_default(),
             })
         }
+    }
+}
+
+/// When the next sync is due, from the status as this process knows it. A sync another process
+/// left unfinished (it was killed or lost the lease) is resumed at once, not after an interval.
+fn when_due(ctx: &Context, sync: &GitSync, interval: Duration, failures: u32) -> Due {
+    let key = key_of(sync);
+    let finished_here = ctx.finished(&key);
+    let old_status = sync.status.clone().unwrap_or_default();
+    let mut view = sync.clone();
+    view.status = Some(known_status(&old_status, finished_here.as_ref()));
+    match due(&view, interval, failures, Timestamp::now()) {
+        Due::In(_) if finished_here.is_none() && interrupted_sync(&old_status).is_some() => {
+            Due::Now("interrupted")
+        }
+        due => due,
     }
 }
 
