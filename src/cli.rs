@@ -256,6 +256,23 @@ pub struct ControllerArgs {
     /// fetch and stop there. 1: every interval is a full sync.
     #[arg(long, env = "KUBESYNC_FULL_SYNC_EVERY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub full_sync_every: u32,
+    /// Tenancy lockdown: GitSyncs that name no serviceAccountName impersonate this
+    /// ServiceAccount of their own namespace (outside the trusted namespaces).
+    #[arg(long, env = "KUBESYNC_DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
+    /// Tenancy lockdown: outside the trusted namespaces, a GitSync's dependsOn and
+    /// targetNamespace must be in its own namespace, and so must every object it applies
+    /// (cluster-scoped objects are refused).
+    #[arg(long, env = "KUBESYNC_NO_CROSS_NAMESPACE_REFS")]
+    pub no_cross_namespace_refs: bool,
+    /// Namespaces (repeat the flag or separate with commas) whose GitSyncs the lockdown does not
+    /// restrict: the cluster admin's, synced with the controller's own rights.
+    #[arg(
+        long = "trusted-namespace",
+        env = "KUBESYNC_TRUSTED_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub trusted_namespaces: Vec<String>,
     /// Elect a leader with a Lease, so that of several replicas only one syncs.
     #[arg(long, env = "KUBESYNC_LEADER_ELECTION")]
     pub leader_election: bool,
@@ -420,6 +437,11 @@ async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
         identity,
         full_sync_every: args.full_sync_every,
         kustomize_binary: args.kustomize_binary.clone(),
+        tenancy: crate::controller::Tenancy {
+            default_service_account: args.default_service_account.clone(),
+            no_cross_namespace_refs: args.no_cross_namespace_refs,
+            trusted_namespaces: args.trusted_namespaces.clone(),
+        },
     };
     let process = crate::controller::ProcessConfig {
         http_addr: args.http_addr,
@@ -505,6 +527,7 @@ impl SourceArgs {
                 cache_dir: Some(self.cache_dir().join("render")),
                 ..KustomizeOptions::default()
             },
+            confined_to: None,
         })
     }
 

@@ -443,6 +443,15 @@ pub enum PlanError {
         "{origin}: {object}: is this sync's own ApplySet parent; an object cannot be a member of the set it records (rename the object, or the sync)"
     )]
     IsParent { origin: Origin, object: String },
+    #[error(
+        "{origin}: {object}: forbidden: {outside}, and a GitSync in namespace {own} may only manage objects of its own namespace (tenancy lockdown; {own} is not a trusted namespace)"
+    )]
+    OutsideNamespace {
+        origin: Origin,
+        object: String,
+        outside: String,
+        own: String,
+    },
 }
 
 /// Inputs of planning that do not come from Git.
@@ -454,6 +463,8 @@ pub struct PlanContext {
     pub applyset_id: String,
     /// The ApplySet parent, which Git may not hold.
     pub parent: Option<ObjectKey>,
+    /// Objects outside this namespace (cluster-scoped ones included) are refused.
+    pub confined_to: Option<String>,
 }
 
 /// The result of planning: objects to apply now, objects waiting for CRDs, and errors.
@@ -541,20 +552,14 @@ fn plan_one(
         (None, Some(namespaced)) => *namespaced,
         (None, None) => return Err(unresolved_error(&manifest, discovery)),
     };
-    if let Some(label) = applyset_label(&manifest) {
-        let origin = manifest.origin;
-        return Err(PlanError::ApplySetLabel {
-            origin,
-            object,
-            label,
-        });
-    }
+    no_applyset_label(&manifest)?;
     if !namespaced && let Some(ns) = &manifest.namespace {
         // The API server ignores it too; say so rather than fail the sync.
-        plan.warnings.push(format!(
-            "{}: {object}: {} is cluster-scoped; metadata.namespace {ns} is not sent",
-            manifest.origin, manifest.kind
-        ));
+        let (origin, kind) = (&manifest.origin, &manifest.kind);
+        let warning = format!(
+            "{origin}: {object}: {kind} is cluster-scoped; metadata.namespace {ns} is not sent"
+        );
+        plan.warnings.push(warning);
     }
     let namespace = namespaced
         .then(|| (manifest.namespace.clone()).unwrap_or_else(|| ctx.default_namespace.clone()));
@@ -564,6 +569,7 @@ fn plan_one(
         namespace: namespace.clone(),
         name: manifest.name.clone(),
     };
+    confined(ctx, &manifest, namespace.as_deref())?;
     if ctx.parent.as_ref() == Some(&key) {
         let origin = manifest.origin;
         return Err(PlanError::IsParent { origin, object });
@@ -603,13 +609,40 @@ fn plan_one(
     Ok(())
 }
 
-/// The first `applyset.kubernetes.io/…` label a manifest sets, if any.
-fn applyset_label(manifest: &Manifest) -> Option<String> {
-    manifest.object["metadata"]["labels"]
-        .as_object()?
-        .keys()
-        .find(|k| k.starts_with("applyset.kubernetes.io/"))
-        .cloned()
+/// Refuses an object outside the namespace the plan is confined to (tenancy lockdown).
+fn confined(
+    ctx: &PlanContext,
+    manifest: &Manifest,
+    namespace: Option<&str>,
+) -> Result<(), PlanError> {
+    let Some(own) = &ctx.confined_to else {
+        return Ok(());
+    };
+    let outside = match namespace {
+        Some(ns) if ns == own => return Ok(()),
+        Some(other) => format!("it is in namespace {other}"),
+        None => format!("{} is cluster-scoped", manifest.kind),
+    };
+    Err(PlanError::OutsideNamespace {
+        origin: manifest.origin.clone(),
+        object: manifest.describe(),
+        outside,
+        own: own.clone(),
+    })
+}
+
+/// Refuses a manifest that sets an `applyset.kubernetes.io/…` label itself.
+fn no_applyset_label(manifest: &Manifest) -> Result<(), PlanError> {
+    let labels = manifest.object["metadata"]["labels"].as_object();
+    let set = labels.and_then(|l| l.keys().find(|k| k.starts_with("applyset.kubernetes.io/")));
+    match set {
+        None => Ok(()),
+        Some(label) => Err(PlanError::ApplySetLabel {
+            origin: manifest.origin.clone(),
+            object: manifest.describe(),
+            label: label.clone(),
+        }),
+    }
 }
 
 fn unresolved_error(manifest: &Manifest, discovery: &Discovery) -> PlanError {
@@ -758,7 +791,41 @@ mod tests {
                 namespace: Some("team".into()),
                 name: "set".into(),
             }),
+            confined_to: None,
         }
+    }
+
+    #[test]
+    fn a_confined_plan_refuses_other_namespaces_and_cluster_scoped_objects() {
+        let confined = PlanContext {
+            confined_to: Some("team".into()),
+            ..ctx()
+        };
+        let plan = plan(
+            manifests(
+                "tenant.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mine}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: theirs, namespace: other}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: mine}\n",
+            ),
+            &discovery(),
+            &confined,
+        );
+        let messages: Vec<String> = plan.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].contains("tenant.yaml")
+                && messages[0].contains("ConfigMap/other/theirs")
+                && messages[0].contains("forbidden: it is in namespace other"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains("Namespace is cluster-scoped")
+                && messages[1].contains("namespace team may only manage"),
+            "{}",
+            messages[1]
+        );
+        assert_eq!(plan.objects.len(), 1, "its own namespace is fine");
+        assert_eq!(plan.objects[0].key.name, "mine");
     }
 
     fn manifests(file: &str, text: &str) -> Vec<Manifest> {

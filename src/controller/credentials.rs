@@ -52,9 +52,10 @@ pub enum CredentialsError {
 }
 
 /// The client a GitSync's objects are applied (and read) with: its ServiceAccount's
-/// (`system:serviceaccount:<namespace>:<name>`, impersonated), if it names one.
+/// (`system:serviceaccount:<namespace>:<name>`, impersonated), if it names one or the tenancy
+/// lockdown gives it the default one.
 pub fn apply_client(ctx: &Context, sync: &GitSync) -> Result<Client, CredentialsError> {
-    let Some(service_account) = &sync.spec.service_account_name else {
+    let Some(service_account) = ctx.config.tenancy.service_account(sync) else {
         return Ok(ctx.client.clone());
     };
     let namespace = sync.namespace().unwrap_or_default();

@@ -79,6 +79,7 @@ pub fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOpt
     let mut options = SyncOptions::new(&name, target_namespace);
     options.target.paths = vec![sync.spec.path.clone()];
     options.target.parent = Some(Parent::git_sync(&name, &namespace));
+    options.target.confined_to = ctx.config.tenancy.confines(sync);
     options.target.kustomize = kustomize_options(ctx, sync, timeout);
     options.apply.field_manager = ctx.config.field_manager.clone();
     options.apply.timeout = timeout.min(Duration::from_secs(60));

@@ -8,6 +8,7 @@
 //! - `schedule`: when a sync is due;
 //! - `status`: the status each moment of a reconcile writes; `events`: Events;
 //! - `credentials`: Git credentials and the ServiceAccount's client;
+//! - `tenancy`: the lockdown flags (default ServiceAccount, own-namespace references and objects);
 //! - `watches`: metadata watches on what each GitSync applied (drift, idle intervals);
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
 mod context;
@@ -20,6 +21,7 @@ mod reconcile;
 mod rollback;
 mod schedule;
 mod status;
+mod tenancy;
 #[cfg(test)]
 mod testing;
 mod watches;
@@ -27,3 +29,4 @@ mod watches;
 pub use context::{Context, ControllerConfig, ControllerError};
 pub use process::{ProcessConfig, ProcessError, run_process};
 pub use reconcile::run;
+pub use tenancy::Tenancy;

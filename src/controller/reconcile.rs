@@ -118,8 +118,10 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         generation: sync.metadata.generation,
     };
     ctx.metrics.set_suspended(&key, sync.spec.suspend);
-    if let Err(e) = sync.spec.validate() {
-        return invalid(&ctx, &sync, &update, &e.to_string()).await;
+    let refused = (sync.spec.validate().err().map(|e| e.to_string()))
+        .or_else(|| ctx.config.tenancy.refused_reference(&sync));
+    if let Some(message) = refused {
+        return invalid(&ctx, &sync, &update, &message).await;
     }
     let (Ok(interval), Ok(timeout)) = (sync.spec.interval(), sync.spec.timeout()) else {
         return Ok(Action::await_change());

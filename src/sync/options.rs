@@ -27,6 +27,9 @@ pub struct Target {
     pub decryption: Keys,
     /// When and how kustomizations are rendered.
     pub kustomize: KustomizeOptions,
+    /// Every object must be in this namespace (the controller's tenancy lockdown); others,
+    /// cluster-scoped ones included, are refused before anything is applied.
+    pub confined_to: Option<String>,
 }
 
 impl Target {
@@ -44,6 +47,7 @@ impl Target {
             default_namespace: self.default_namespace.clone(),
             applyset_id: parent.id(),
             parent: Some(parent.key()),
+            confined_to: self.confined_to.clone(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl SyncOptions {
                 parent: None,
                 decryption: Keys::default(),
                 kustomize: KustomizeOptions::default(),
+                confined_to: None,
             },
             apply: ApplyOptions::default(),
             prune: PrunePolicy::default(),

@@ -44,7 +44,7 @@ pub async fn prune_and_close(
         report.prune_blocked = Some(blocked);
         return Ok(());
     }
-    let leftovers = set.leftovers(wanted);
+    let (leftovers, outside) = confine(set.leftovers(wanted), options, report);
     let managed = set.inventory.objects.len();
     if let Some(blocked) = options.prune.guard(managed, leftovers.len(), wanted.len()) {
         report.prune_blocked = Some(blocked);
@@ -56,7 +56,7 @@ pub async fn prune_and_close(
     if options.apply.dry_run {
         return Ok(());
     }
-    let still_held = pruned.iter().filter(|p| p.left_in_set).map(|p| &p.key);
+    let still_held = (pruned.iter().filter(|p| p.left_in_set).map(|p| &p.key)).chain(&outside);
     set.narrow(
         &clients.parent,
         wanted.iter().chain(still_held),
@@ -64,4 +64,29 @@ pub async fn prune_and_close(
     )
     .await
     .map_err(SyncError::from)
+}
+
+/// Under the tenancy lockdown a sync prunes only in its own namespace: what the set holds
+/// elsewhere (recorded before the lockdown) is left in place and in the set, with a warning.
+fn confine(
+    leftovers: Vec<(ObjectKey, crate::applyset::LiveObject)>,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> (
+    Vec<(ObjectKey, crate::applyset::LiveObject)>,
+    Vec<ObjectKey>,
+) {
+    let Some(own) = &options.target.confined_to else {
+        return (leftovers, Vec::new());
+    };
+    let (inside, outside): (Vec<_>, Vec<_>) =
+        (leftovers.into_iter()).partition(|(key, _)| key.namespace.as_ref() == Some(own));
+    let outside: Vec<ObjectKey> = outside.into_iter().map(|(key, _)| key).collect();
+    for key in &outside {
+        report.warnings.push(format!(
+            "{key}: left Git but is not pruned: it is outside namespace {own}, to which the \
+             tenancy lockdown confines this sync"
+        ));
+    }
+    (inside, outside)
 }

@@ -26,6 +26,7 @@ mod run_once;
 mod security;
 mod sops;
 mod ssh;
+mod tenancy;
 mod testbed;
 mod tutorial;
 mod wait;
