@@ -3,12 +3,11 @@
 //! and restarted while the controller syncs, ten times each at different moments. Nothing may be
 //! lost or pruned by a sync that failed, the ApplySet parent must already record the group-kinds,
 //! and the next sync must converge.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
 use crate::support::controller::{
@@ -17,79 +16,8 @@ use crate::support::controller::{
 use crate::support::faults::{
     Fixture, assert_nothing_lost, commit_configmaps, request_sync, time_full_sync,
 };
-use crate::support::{repo_root, run};
-
-struct PrivateTestbed {
-    env: Vec<(&'static str, String)>,
-    state: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl PrivateTestbed {
-    /// `slot` picks a set of ports, so that two private control planes can run at once. All are
-    /// below Linux's ephemeral range (32768 and up): a port there may be held by any outgoing
-    /// connection of the tests at the moment a server binds it.
-    fn up(slot: u16) -> PrivateTestbed {
-        let state = tempfile::tempdir().expect("tempdir");
-        let port = |base: u16| (base + 3 * slot).to_string();
-        let env = vec![
-            (
-                "KUBESYNC_TESTBED_STATE",
-                state.path().join("tb").display().to_string(),
-            ),
-            ("KUBESYNC_TESTBED_ETCD_PORT", port(24790)),
-            ("KUBESYNC_TESTBED_ETCD_PEER_PORT", port(24800)),
-            ("KUBESYNC_TESTBED_APISERVER_PORT", port(26443)),
-            ("KUBESYNC_TESTBED_KCM_PORT", port(31257)),
-            ("KUBESYNC_TESTBED_SCHEDULER_PORT", port(31259)),
-            ("KUBESYNC_TESTBED_KWOK_PORT", port(31247)),
-        ];
-        let out = Command::new(repo_root().join("tests/testbed/up"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("tests/testbed/up");
-        assert!(
-            out.status.success(),
-            "private testbed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let kubeconfig = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("export KUBECONFIG="))
-            .map(|p| PathBuf::from(p.trim_matches(['\'', '"'])))
-            .expect("KUBECONFIG line");
-        PrivateTestbed {
-            env,
-            state,
-            kubeconfig,
-        }
-    }
-
-    fn pid_file(&self, component: &str) -> PathBuf {
-        self.state
-            .path()
-            .join("tb/pids")
-            .join(format!("{component}.pid"))
-    }
-
-    async fn client(&self) -> Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("config");
-        assert_eq!(config.cluster_url.host(), Some("127.0.0.1"));
-        Client::try_from(config).expect("client")
-    }
-}
-
-impl Drop for PrivateTestbed {
-    fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("tests/testbed/down"))
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output();
-    }
-}
+use crate::support::private::{PrivateTestbed, create_namespace};
+use crate::support::run;
 
 /// SIGKILLs a component (`kube-apiserver`, `etcd`); returns its pid and command line, to start
 /// it again the same way.
@@ -142,15 +70,6 @@ fn restart_component(testbed: &PrivateTestbed, component: &str, old_pid: i32, ar
     std::fs::write(testbed.pid_file(component), child.id().to_string()).expect("pid file");
     // The testbed's down stops it through the pid file; nothing waits on it here.
     std::mem::forget(child);
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("namespace");
 }
 
 async fn wait_ready(client: &Client) {

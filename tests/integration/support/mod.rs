@@ -3,6 +3,7 @@ pub mod controller;
 pub mod faults;
 pub mod git;
 pub mod manifests;
+pub mod private;
 pub mod servers;
 pub mod sops;
 
