@@ -109,6 +109,27 @@ pub struct GitSyncSpec {
     /// (infrastructure before the apps that use it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<DependencyRef>,
+    /// Apply to another cluster: the kubeconfig in a Secret of the GitSync's namespace. The
+    /// ApplySet parent is then a Secret `kubesync.<namespace>.<name>` in the target namespace
+    /// of that cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_config: Option<KubeConfigRef>,
+}
+
+/// Where a remote cluster's kubeconfig is.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeConfigRef {
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the GitSync's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// Default: `value` (as Flux names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Another GitSync this one waits for.

@@ -96,6 +96,8 @@ pub struct Context {
     pub config: ControllerConfig,
     memory: Mutex<Memory>,
     impersonating: Mutex<HashMap<String, Client>>,
+    /// Client configurations of remote clusters' kubeconfigs, by Secret and content hash.
+    remote_configs: Mutex<HashMap<String, kube::Config>>,
     pub stop: watch::Receiver<bool>,
     /// What each GitSync's watches saw since its last sync.
     pub watches: Watches,
@@ -131,6 +133,7 @@ impl Context {
             config,
             memory: Mutex::new(Memory::default()),
             impersonating: Mutex::new(HashMap::new()),
+            remote_configs: Mutex::new(HashMap::new()),
             stop,
             watches: Watches::new(trigger),
             drifted: Mutex::new(Some(drifted)),
@@ -162,6 +165,22 @@ impl Context {
         let client = build()?;
         cache.insert(user.into(), client.clone());
         Ok(client)
+    }
+
+    pub fn cached_config(&self, key: &str) -> Option<kube::Config> {
+        let cache = self
+            .remote_configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.get(key).cloned()
+    }
+
+    pub fn cache_config(&self, key: &str, config: &kube::Config) {
+        let mut cache = self
+            .remote_configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.insert(key.into(), config.clone());
     }
 
     pub fn failure_count(&self, key: &str) -> u32 {

@@ -9,6 +9,7 @@ use super::context::Context;
 use crate::crd::GitSync;
 use crate::sops::Keys;
 use crate::source::Auth;
+use crate::sync::Clients;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -43,6 +44,19 @@ pub enum CredentialsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Secret {namespace}/{name} (spec.kubeConfig.secretRef) has no key {key}")]
+    NoKubeconfig {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("Secret {namespace}/{name}: key {key} (spec.kubeConfig.secretRef) {problem}")]
+    Kubeconfig {
+        namespace: String,
+        name: String,
+        key: String,
+        problem: Box<super::remote::KubeconfigProblem>,
+    },
     #[error("building a client for {user}: {source}")]
     Client {
         user: String,
@@ -51,17 +65,78 @@ pub enum CredentialsError {
     },
 }
 
-/// The client a GitSync's objects are applied (and read) with: its ServiceAccount's
-/// (`system:serviceaccount:<namespace>:<name>`, impersonated), if it names one or the tenancy
-/// lockdown gives it the default one.
-pub fn apply_client(ctx: &Context, sync: &GitSync) -> Result<Client, CredentialsError> {
+/// The clients of a GitSync's sync: `apply` is its ServiceAccount's (see [`impersonating`]);
+/// `parent` writes the ApplySet parent, with the controller's own identity, in the cluster the
+/// objects go to: this one, or the one of `spec.kubeConfig`.
+pub async fn clients(ctx: &Context, sync: &GitSync) -> Result<Clients, CredentialsError> {
+    let Some(remote) = &sync.spec.kube_config else {
+        let apply = impersonating(ctx, sync, &ctx.kube_config, "")?;
+        let parent = ctx.client.clone();
+        return Ok(Clients { apply, parent });
+    };
+    let namespace = sync.namespace().unwrap_or_default();
+    let name = &remote.secret_ref.name;
+    let key = (remote.secret_ref.key.as_deref()).unwrap_or(super::remote::DEFAULT_KEY);
+    let secret = SecretData::read(ctx, &namespace, name).await?;
+    let text = (secret.text(key)?).ok_or_else(|| CredentialsError::NoKubeconfig {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        key: key.into(),
+    })?;
+    // Cached by the kubeconfig's content, so a rotated Secret gets a new client.
+    let cache_key = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        format!("kubeconfig {namespace}/{name}/{key} {:x}", hasher.finish())
+    };
+    let problem = |problem| CredentialsError::Kubeconfig {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        key: key.into(),
+        problem: Box::new(problem),
+    };
+    let config = match ctx.cached_config(&cache_key) {
+        Some(config) => config,
+        None => {
+            let kubeconfig = super::remote::parse(&text).map_err(problem)?;
+            let config = super::remote::config(kubeconfig).await.map_err(problem)?;
+            ctx.cache_config(&cache_key, &config);
+            config
+        }
+    };
+    let parent = ctx.client_for(&format!("{cache_key} as itself"), || {
+        Client::try_from(config.clone())
+    });
+    let user = format!("the kubeconfig of Secret {namespace}/{name}");
+    let parent = parent.map_err(|source| CredentialsError::Client { user, source })?;
+    let apply = impersonating(ctx, sync, &config, &cache_key)?;
+    Ok(Clients { apply, parent })
+}
+
+/// A client of `base` that impersonates the GitSync's ServiceAccount
+/// (`system:serviceaccount:<namespace>:<name>`), if it names one or the tenancy lockdown gives
+/// it the default one; else `base`'s own. Cached under `cluster` (empty: this cluster).
+fn impersonating(
+    ctx: &Context,
+    sync: &GitSync,
+    base: &kube::Config,
+    cluster: &str,
+) -> Result<Client, CredentialsError> {
     let Some(service_account) = ctx.config.tenancy.service_account(sync) else {
-        return Ok(ctx.client.clone());
+        if cluster.is_empty() {
+            return Ok(ctx.client.clone());
+        }
+        let client = ctx.client_for(&format!("{cluster} as itself"), || {
+            Client::try_from(base.clone())
+        });
+        let user = "the remote cluster's kubeconfig user".to_string();
+        return client.map_err(|source| CredentialsError::Client { user, source });
     };
     let namespace = sync.namespace().unwrap_or_default();
     let user = format!("system:serviceaccount:{namespace}:{service_account}");
-    ctx.client_for(&user, || {
-        let mut config = ctx.kube_config.clone();
+    ctx.client_for(&format!("{cluster} {user}"), || {
+        let mut config = base.clone();
         config.auth_info.impersonate = Some(user.clone());
         config.auth_info.impersonate_groups = Some(vec![
             "system:serviceaccounts".into(),

@@ -5,12 +5,12 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::context::Context;
-use super::credentials::{age_keys, apply_client, git_auth};
+use super::credentials::{age_keys, clients, git_auth};
 use crate::applyset::Parent;
 use crate::crd::GitSync;
 use crate::kustomize::KustomizeOptions;
 use crate::source::SourceSpec;
-use crate::sync::{Clients, SyncError, SyncOptions, SyncReport};
+use crate::sync::{SyncError, SyncOptions, SyncReport};
 
 /// Fetches credentials, builds the clients and runs the engine; `at` pins a commit (a
 /// rollback's), which is then applied without waiting and pruned only if the spec allows it.
@@ -25,12 +25,8 @@ pub async fn run_sync(
     let credentials = |e| SyncError::Credentials(Box::new(e));
     let prepared = async {
         let spec = source_spec(ctx, sync, &work_dir, timeout).await?;
-        let apply = apply_client(ctx, sync).map_err(credentials)?;
+        let clients = clients(ctx, sync).await.map_err(credentials)?;
         let keys = age_keys(ctx, sync).await.map_err(credentials)?;
-        let clients = Clients {
-            apply,
-            parent: ctx.client.clone(),
-        };
         Ok::<_, SyncError>((spec, clients, keys))
     };
     let (mut spec, clients, keys) = match prepared.await {
@@ -78,7 +74,7 @@ pub fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOpt
     let target_namespace = sync.spec.target_namespace.as_deref().unwrap_or(&namespace);
     let mut options = SyncOptions::new(&name, target_namespace);
     options.target.paths = vec![sync.spec.path.clone()];
-    options.target.parent = Some(Parent::git_sync(&name, &namespace));
+    options.target.parent = Some(parent_of(sync));
     options.target.confined_to = ctx.config.tenancy.confines(sync);
     options.target.kustomize = kustomize_options(ctx, sync, timeout);
     options.apply.field_manager = ctx.config.field_manager.clone();
@@ -89,6 +85,21 @@ pub fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOpt
     options.wait_for_crds = waits_for_crds(sync, k8s_openapi::jiff::Timestamp::now());
     options.stop = Some(ctx.stop.clone());
     options
+}
+
+/// The ApplySet parent of a GitSync: the GitSync itself; for a remote cluster
+/// (`spec.kubeConfig`), a Secret `kubesync.<namespace>.<name>` in the target namespace there, so
+/// that the set can be read and pruned in the cluster that holds it.
+pub fn parent_of(sync: &GitSync) -> Parent {
+    let namespace = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    match &sync.spec.kube_config {
+        None => Parent::git_sync(&name, &namespace),
+        Some(_) => {
+            let target = sync.spec.target_namespace.as_deref().unwrap_or(&namespace);
+            Parent::secret(&format!("kubesync.{namespace}.{name}"), target)
+        }
+    }
 }
 
 /// Kustomize as the GitSync asks, renders cached beside its repository, killed at its timeout.

@@ -8,6 +8,7 @@
 //! - `schedule`: when a sync is due;
 //! - `status`: the status each moment of a reconcile writes; `events`: Events;
 //! - `credentials`: Git credentials and the ServiceAccount's client;
+//! - `remote`: kubeconfigs of other clusters (`spec.kubeConfig`), checked before use;
 //! - `tenancy`: the lockdown flags (default ServiceAccount, own-namespace references and objects);
 //! - `watches`: metadata watches on what each GitSync applied (drift, idle intervals);
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
@@ -18,6 +19,7 @@ mod engine;
 mod events;
 mod process;
 mod reconcile;
+mod remote;
 mod rollback;
 mod schedule;
 mod status;

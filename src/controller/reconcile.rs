@@ -14,9 +14,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
-use super::credentials::{CredentialsError, age_keys, apply_client};
+use super::credentials::{CredentialsError, age_keys, clients};
 use super::dependencies;
-use super::engine::{run_sync, source_spec, sync_options, work_dir};
+use super::engine::{parent_of, run_sync, source_spec, sync_options, work_dir};
 use super::events::publish;
 use super::rollback;
 use super::schedule::{CRD_RECHECK, Due, backoff, due, jittered, known_status};
@@ -24,13 +24,12 @@ use super::status::{
     DRIFT_LIMIT, StatusUpdate, drifted_objects, interrupted_sync, patch_status, reason,
 };
 use super::watches::Repair;
-use crate::applyset::Parent;
 use crate::crd::{
     DriftedObject, GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, SyncHistoryEntry,
     short_revision,
 };
 use crate::drift::DriftPolicy;
-use crate::sync::{Clients, SyncError, SyncReport};
+use crate::sync::{SyncError, SyncReport};
 
 /// Runs the controller until `shutdown` resolves; in-flight syncs stop at a step boundary before
 /// apply, or finish through prune.
@@ -118,9 +117,7 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
         generation: sync.metadata.generation,
     };
     ctx.metrics.set_suspended(&key, sync.spec.suspend);
-    let refused = (sync.spec.validate().err().map(|e| e.to_string()))
-        .or_else(|| ctx.config.tenancy.refused_reference(&sync));
-    if let Some(message) = refused {
+    if let Some(message) = invalid_spec(&ctx, &sync) {
         return invalid(&ctx, &sync, &update, &message).await;
     }
     let (Ok(interval), Ok(timeout)) = (sync.spec.interval(), sync.spec.timeout()) else {
@@ -164,9 +161,11 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
     let report = run_sync(&ctx, &sync, timeout, None).await;
     let finished_at = finish(&ctx, &sync, &update, &report).await?;
     let report = rollback::if_unhealthy(&ctx, &sync, &update, timeout, report).await?;
-    follow_applied(&ctx, &sync, &report);
-    let recheck = (remember_unhealthy(&ctx, &sync, &report).then_some(HEALTH_RECHECK))
-        .or((!report.waiting_for_crd.is_empty()).then_some(CRD_RECHECK));
+    follow_applied(&ctx, &sync, &report).await;
+    let recheck = (remember_unhealthy(&ctx, &sync, &report)
+        .await
+        .then_some(HEALTH_RECHECK))
+    .or((!report.waiting_for_crd.is_empty()).then_some(CRD_RECHECK));
     let (failure, first_problem) = (report.failure, report.first_problem());
     // What the sync allocated is dropped now: give it back to the system (only after a sync:
     // trimming costs more than an idle interval).
@@ -188,6 +187,12 @@ async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, Cont
             })
         }
     }
+}
+
+/// Why the spec cannot be synced: invalid in itself, or refused by the tenancy lockdown.
+fn invalid_spec(ctx: &Context, sync: &GitSync) -> Option<String> {
+    (sync.spec.validate().err().map(|e| e.to_string()))
+        .or_else(|| ctx.config.tenancy.refused_reference(sync))
 }
 
 /// When the next sync is due, from the status as this process knows it. A sync another process
@@ -340,16 +345,19 @@ async fn finish(
 
 /// After a sync: remembers the objects it left unhealthy (not failed for good: those need a new
 /// commit), so their health is read again between syncs. Returns whether there are any.
-fn remember_unhealthy(ctx: &Context, sync: &GitSync, report: &SyncReport) -> bool {
+async fn remember_unhealthy(ctx: &Context, sync: &GitSync, report: &SyncReport) -> bool {
     let objects: Vec<_> = report
         .objects
         .iter()
         .filter(|o| o.health.as_ref().is_some_and(|h| !h.is_healthy()))
         .filter_map(|o| o.target.clone())
         .collect();
-    let client = apply_client(ctx, sync).ok().filter(|_| !objects.is_empty());
-    let recheck = client.map(|client| Recheck {
-        client,
+    let client = match objects.is_empty() {
+        true => None,
+        false => clients(ctx, sync).await.ok(),
+    };
+    let recheck = client.map(|clients| Recheck {
+        client: clients.apply,
         objects,
         reported: report.summary.unhealthy,
         next: Instant::now() + HEALTH_RECHECK,
@@ -399,14 +407,13 @@ async fn recheck_health(
 }
 
 /// After a full sync: the watches follow what it applied (or stop, after a failure).
-fn follow_applied(ctx: &Context, sync: &GitSync, report: &SyncReport) {
+async fn follow_applied(ctx: &Context, sync: &GitSync, report: &SyncReport) {
     let key = key_of(sync);
-    let namespace = sync.namespace().unwrap_or_default();
-    let parent = Parent::git_sync(&sync.name_any(), &namespace);
-    match apply_client(ctx, sync) {
-        Ok(client) => ctx
-            .watches
-            .sync_finished(&key, sync, &client, &parent.id(), report),
+    let parent = parent_of(sync);
+    match clients(ctx, sync).await {
+        Ok(clients) => {
+            (ctx.watches).sync_finished(&key, sync, &clients.apply, &parent.id(), report)
+        }
         Err(_) => ctx.watches.forget(&key),
     }
     ctx.metrics.set_watched(&key, ctx.watches.watched(&key));
@@ -461,16 +468,12 @@ async fn repair_drift(ctx: &Context, sync: &GitSync, timeout: Duration, repair: 
         return;
     }
     let prepared = async {
-        let apply = apply_client(ctx, sync)?;
+        let clients = clients(ctx, sync).await?;
         let keys = age_keys(ctx, sync).await?;
-        Ok::<_, CredentialsError>((apply, keys))
+        Ok::<_, CredentialsError>((clients, keys))
     };
     let report = match prepared.await {
-        Ok((apply, keys)) => {
-            let clients = Clients {
-                apply,
-                parent: ctx.client.clone(),
-            };
+        Ok((clients, keys)) => {
             let mut options = sync_options(ctx, sync, timeout);
             options.target.paths = repair.files;
             options.target.decryption = keys;

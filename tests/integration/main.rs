@@ -21,6 +21,7 @@ mod homelab;
 mod https;
 mod kustomize;
 mod layout;
+mod remote;
 mod rollback;
 mod run_once;
 mod security;
