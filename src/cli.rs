@@ -273,6 +273,12 @@ pub struct ControllerArgs {
         value_delimiter = ','
     )]
     pub trusted_namespaces: Vec<String>,
+    /// Split the GitSyncs into this many shards, one Lease (`<lease-name>-shard-<i>`) each: every
+    /// replica syncs the GitSyncs of the shards it holds, takes a dead replica's shards after one
+    /// lease duration, and hands shards over when replicas join. The label
+    /// `kubesync.dev/shard: "<i>"` pins a GitSync to a shard. Instead of --leader-election.
+    #[arg(long, env = "KUBESYNC_SHARDS", conflicts_with = "leader_election", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
     /// Elect a leader with a Lease, so that of several replicas only one syncs.
     #[arg(long, env = "KUBESYNC_LEADER_ELECTION")]
     pub leader_election: bool,
@@ -443,19 +449,23 @@ async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
             trusted_namespaces: args.trusted_namespaces.clone(),
         },
     };
+    let lease = {
+        let mut lease = crate::lease::LeaseConfig::new(
+            &args.lease_name,
+            &args.lease_namespace.clone().unwrap_or(default_namespace),
+            &settings.identity,
+        );
+        lease.lease_duration = args.lease_duration;
+        lease.renew_deadline = args.renew_deadline;
+        lease.retry_period = lease.retry_period.min(args.renew_deadline / 2);
+        lease
+    };
     let process = crate::controller::ProcessConfig {
         http_addr: args.http_addr,
-        lease: args.leader_election.then(|| {
-            let mut lease = crate::lease::LeaseConfig::new(
-                &args.lease_name,
-                &args.lease_namespace.clone().unwrap_or(default_namespace),
-                &settings.identity,
-            );
-            lease.lease_duration = args.lease_duration;
-            lease.renew_deadline = args.renew_deadline;
-            lease.retry_period = lease.retry_period.min(args.renew_deadline / 2);
-            lease
-        }),
+        lease: args.leader_election.then(|| lease.clone()),
+        sharding: args
+            .shards
+            .map(|count| crate::controller::Sharding { count, lease }),
     };
     crate::controller::run_process(client, config, settings, process).await?;
     Ok(ExitCode::SUCCESS)

@@ -129,6 +129,18 @@ impl Elector {
         self.written(replaced)
     }
 
+    /// Reads the Lease and notes its record, so that its expiry is measured from when it stopped
+    /// changing even before this candidate wants it. True when it is free, released or expired.
+    pub async fn observe(&mut self) -> Result<bool, LeaseError> {
+        let found = self.api.get_opt(&self.config.name).await;
+        let Some(lease) = found.map_err(|e| self.err(e))? else {
+            return Ok(true);
+        };
+        let spec = lease.spec.unwrap_or_default();
+        let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+        Ok(self.expired(&spec) || free)
+    }
+
     /// Creates the Lease, held by this candidate.
     async fn create(&mut self) -> Result<bool, LeaseError> {
         let lease = Lease {

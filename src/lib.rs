@@ -22,6 +22,7 @@ pub mod plan;
 pub mod prune;
 pub mod release;
 pub mod run_once;
+pub mod shard;
 pub mod sops;
 pub mod source;
 pub mod sync;

@@ -14,6 +14,11 @@ use prometheus_client::registry::{Metric, Registry};
 use crate::sync::{Step, SyncReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncLabels {
     pub sync: String,
 }
@@ -101,6 +106,7 @@ pub struct Metrics {
     source_info: Family<SourceLabels, Gauge>,
     suspended: Family<SyncLabels, Gauge>,
     watches: WatchMetrics,
+    shards: ShardMetrics,
     commit_to_applied: Histograms,
     /// The revision each sync's `kubesync_source_info` series carries (one series per sync).
     revisions: Mutex<HashMap<String, String>>,
@@ -179,6 +185,29 @@ impl WatchMetrics {
                 r,
                 "kubesync_idle_intervals",
                 "Intervals that found the revision unchanged and the watches quiet: no sync ran",
+            ),
+        }
+    }
+}
+
+/// The shards this replica holds (`--shards`).
+struct ShardMetrics {
+    owned: Family<ShardLabels, Gauge>,
+    acquired: Family<ShardLabels, Counter>,
+}
+
+impl ShardMetrics {
+    fn new(r: &mut Registry) -> ShardMetrics {
+        ShardMetrics {
+            owned: registered(
+                r,
+                "kubesync_shard_owned",
+                "1 while this replica holds the shard's Lease and syncs its GitSyncs, else 0",
+            ),
+            acquired: registered(
+                r,
+                "kubesync_shard_acquisitions",
+                "Times this replica took the shard's Lease (at start, from a dead replica, or handed over)",
             ),
         }
     }
@@ -291,6 +320,7 @@ impl Metrics {
                 "1 when the GitSync is suspended",
             ),
             watches: WatchMetrics::new(&mut r),
+            shards: ShardMetrics::new(&mut r),
             commit_to_applied: registered_histogram(
                 &mut r,
                 "kubesync_commit_to_applied_seconds",
@@ -494,6 +524,20 @@ impl Metrics {
             .watched
             .get_or_create(&SyncLabels { sync: sync.into() })
             .set(objects as i64);
+    }
+
+    /// This replica took (`true`) or gave up (`false`) a shard.
+    pub fn set_shard_owned(&self, shard: u32, owned: bool) {
+        let labels = ShardLabels {
+            shard: shard.to_string(),
+        };
+        self.shards
+            .owned
+            .get_or_create(&labels)
+            .set(i64::from(owned));
+        if owned {
+            self.shards.acquired.get_or_create(&labels).inc();
+        }
     }
 
     pub fn set_suspended(&self, sync: &str, suspended: bool) {

@@ -99,6 +99,8 @@ pub struct Context {
     /// Client configurations of remote clusters' kubeconfigs, by Secret and content hash.
     remote_configs: Mutex<HashMap<String, kube::Config>>,
     pub stop: watch::Receiver<bool>,
+    /// The shards this replica holds (all GitSyncs when not sharded).
+    pub shards: Arc<super::shards::Shards>,
     /// What each GitSync's watches saw since its last sync.
     pub watches: Watches,
     /// GitSyncs whose watches saw drift, for the controller to reconcile (taken once by `run`).
@@ -135,6 +137,7 @@ impl Context {
             impersonating: Mutex::new(HashMap::new()),
             remote_configs: Mutex::new(HashMap::new()),
             stop,
+            shards: Arc::new(super::shards::Shards::none()),
             watches: Watches::new(trigger),
             drifted: Mutex::new(Some(drifted)),
         }

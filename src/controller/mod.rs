@@ -9,6 +9,7 @@
 //! - `status`: the status each moment of a reconcile writes; `events`: Events;
 //! - `credentials`: Git credentials and the ServiceAccount's client;
 //! - `remote`: kubeconfigs of other clusters (`spec.kubeConfig`), checked before use;
+//! - `shards`: with `--shards`, which GitSyncs this replica syncs (one Lease per shard);
 //! - `tenancy`: the lockdown flags (default ServiceAccount, own-namespace references and objects);
 //! - `watches`: metadata watches on what each GitSync applied (drift, idle intervals);
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
@@ -22,6 +23,7 @@ mod reconcile;
 mod remote;
 mod rollback;
 mod schedule;
+mod shards;
 mod status;
 mod tenancy;
 #[cfg(test)]
@@ -31,4 +33,5 @@ mod watches;
 pub use context::{Context, ControllerConfig, ControllerError};
 pub use process::{ProcessConfig, ProcessError, run_process};
 pub use reconcile::run;
+pub use shards::Sharding;
 pub use tenancy::Tenancy;

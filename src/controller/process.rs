@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::context::{Context, ControllerConfig};
 use super::reconcile::run;
+use super::shards::{ShardManager, Shards};
 use crate::crd::GitSync;
 use crate::http::{HttpState, Readiness};
 use crate::lease::{Elector, LeaseConfig};
@@ -22,6 +23,8 @@ pub struct ProcessConfig {
     pub http_addr: std::net::SocketAddr,
     /// Leader election. None: this replica always syncs.
     pub lease: Option<LeaseConfig>,
+    /// Sharding across replicas (instead of leader election). None: not sharded.
+    pub sharding: Option<super::shards::Sharding>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,17 +83,29 @@ pub async fn run_process(
     readiness.leader.store(true, Ordering::Relaxed);
     readiness.leadership_known.store(true, Ordering::Relaxed);
     let (done_tx, done_rx) = watch::channel(false);
-    let renewer = elector.map(|elector| tokio::spawn(keep_leading(elector, done_rx)));
-    let ctx = Arc::new(Context::new(
-        client,
+    let renewer = elector.map(|elector| tokio::spawn(keep_leading(elector, done_rx.clone())));
+    let mut ctx = Context::new(
+        client.clone(),
         kube_config,
-        metrics,
+        metrics.clone(),
         config,
         stop.clone(),
-    ));
-    run(ctx, stopped(stop)).await;
+    );
+    let keeper = process.sharding.as_ref().map(|sharding| {
+        let shards = Arc::new(Shards::new(sharding.count));
+        ctx.shards = shards.clone();
+        let manager = ShardManager::new(&client, &sharding.lease, shards, metrics);
+        tokio::spawn(manager.keep(done_rx))
+    });
+    run(Arc::new(ctx), stopped(stop)).await;
     info!("controller stopped");
     let _ = done_tx.send(true);
+    if let Some(keeper) = keeper
+        && let Ok(manager) = keeper.await
+    {
+        manager.release_all().await;
+        info!("shard leases released");
+    }
     if let Some(renewer) = renewer
         && let Ok(mut elector) = renewer.await
     {

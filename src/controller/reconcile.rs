@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
 use super::credentials::{CredentialsError, age_keys, clients};
@@ -21,7 +21,7 @@ use super::events::publish;
 use super::rollback;
 use super::schedule::{CRD_RECHECK, Due, backoff, due, jittered, known_status};
 use super::status::{
-    DRIFT_LIMIT, StatusUpdate, drifted_objects, interrupted_sync, patch_status, reason,
+    DRIFT_LIMIT, StatusUpdate, drifted_objects, interrupted_sync, patch_status, reason, syncing_on,
 };
 use super::watches::Repair;
 use crate::crd::{
@@ -46,6 +46,7 @@ pub async fn run(
     if let Some(drifted) = ctx.take_drifted() {
         controller = controller.reconcile_on(drifted);
     }
+    controller = controller.reconcile_all_on(ctx.shards.taken());
     let sweeper = tokio::spawn(forget_deleted(ctx.clone(), controller.store()));
     controller
         .with_config(config)
@@ -54,7 +55,7 @@ pub async fn run(
         // bounds of `run` without help.
         .run(
             |sync, ctx| -> futures::future::BoxFuture<'static, Result<Action, ControllerError>> {
-                Box::pin(reconcile(sync, ctx))
+                Box::pin(reconcile_if_ours(sync, ctx))
             },
             error_policy,
             ctx,
@@ -107,6 +108,42 @@ fn error_policy(sync: Arc<GitSync>, error: &ControllerError, ctx: Arc<Context>) 
             Action::requeue(interval.clamp(Duration::from_secs(1), Duration::from_secs(5)))
         }
     }
+}
+
+/// Reconciles a GitSync of a shard this replica holds; the others are their shard holder's, and
+/// what this replica knew of them (a shard handed over) is forgotten.
+async fn reconcile_if_ours(
+    sync: Arc<GitSync>,
+    ctx: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let Some(turn) = ctx.shards.begin(&sync) else {
+        let key = key_of(&sync);
+        if ctx.known_keys().contains(&key) {
+            ctx.forget(&key);
+        }
+        return Ok(Action::await_change());
+    };
+    if let Some(other) = syncing_elsewhere(&ctx, &sync) {
+        debug!(sync = %key_of(&sync), replica = other, "still syncing on another replica; waiting");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let result = reconcile(sync, ctx.clone()).await;
+    drop(turn);
+    result
+}
+
+/// A live replica that is still syncing this GitSync, which moved to one of this replica's shards
+/// (its shard label changed, or `--shards` did): this replica waits for it to finish, at most
+/// the sync's timeout (and half a minute) from its start.
+fn syncing_elsewhere<'a>(ctx: &Context, sync: &'a GitSync) -> Option<&'a str> {
+    let (identity, since) = syncing_on(sync.status.as_ref()?)?;
+    if identity == ctx.config.identity || !ctx.shards.alive(identity) {
+        return None;
+    }
+    let timeout = sync.spec.timeout().unwrap_or(Duration::from_secs(300));
+    let running = Timestamp::now().duration_since(since.0);
+    let running = Duration::try_from(running).unwrap_or_default();
+    (running < timeout + Duration::from_secs(30)).then_some(identity)
 }
 
 async fn reconcile(sync: Arc<GitSync>, ctx: Arc<Context>) -> Result<Action, ControllerError> {

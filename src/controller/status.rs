@@ -73,6 +73,14 @@ pub fn interrupted_sync(status: &GitSyncStatus) -> Option<&Condition> {
         .find(|c| c.type_ == "Reconciling" && c.status == "True" && c.reason == reason::PROGRESSING)
 }
 
+/// The replica an unfinished sync runs (or ran) on, from the `Reconciling` message
+/// (`syncing (<why>) on <identity>`), and since when.
+pub fn syncing_on(status: &GitSyncStatus) -> Option<(&str, &Time)> {
+    let left = interrupted_sync(status)?;
+    let (_, identity) = left.message.rsplit_once(") on ")?;
+    Some((identity, &left.last_transition_time))
+}
+
 /// Builds the status patches of one reconcile from the status it started with.
 pub struct StatusUpdate<'a> {
     pub old: &'a GitSyncStatus,
@@ -369,6 +377,13 @@ mod tests {
         assert_eq!(
             interrupted_sync(&status).map(|c| c.message.as_str()),
             Some("syncing (interval) on one")
+        );
+        assert_eq!(syncing_on(&status).map(|(id, _)| id), Some("one"));
+        status.conditions[0].message = "syncing (spec changed) on kubesync-7d9-x on y".into();
+        assert_eq!(
+            syncing_on(&status).map(|(id, _)| id),
+            Some("kubesync-7d9-x on y"),
+            "the identity is what follows the reason"
         );
         status.conditions = vec![condition(
             "Reconciling",

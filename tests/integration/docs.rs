@@ -140,6 +140,7 @@ fn metrics_reference_lists_every_metric_and_no_other() {
     metrics.record_sync("apps/web", &render_failed, 0, false);
     metrics.set_drifted("apps/web", 1);
     metrics.record_rollback("apps/web", true);
+    metrics.set_shard_owned(0, true);
     let text = metrics.encode();
     let mut in_code = BTreeSet::new();
     for line in text.lines() {

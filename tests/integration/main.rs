@@ -25,6 +25,7 @@ mod remote;
 mod rollback;
 mod run_once;
 mod security;
+mod shards;
 mod sops;
 mod ssh;
 mod tenancy;
