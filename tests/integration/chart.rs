@@ -387,4 +387,43 @@ async fn the_charts_rbac_is_enough_and_namespace_scope_is_enforced() {
     )
     .await;
     drop(controller);
+
+    // Sharding: the chart's Role lets the replicas list and delete member Leases.
+    let token = install_release(&release, &ns.name, &["sharding.enabled=true"]);
+    let kubeconfig = token_kubeconfig(dir.path(), &token);
+    let lease_name = format!("{release}-kubesync");
+    let controller = ControllerProcess::start_with_env(
+        &ns.name,
+        &[
+            "--shards",
+            "2",
+            "--lease-namespace",
+            &ns.name,
+            "--lease-name",
+            &lease_name,
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    for name in ["app", "inside", "elsewhere"] {
+        run(Command::new("kubectl").args(["delete", "gitsync", name, "-n", &ns.name]));
+    }
+    run(Command::new("kubectl").args(["delete", "configmap", "from-chart", "-n", &ns.name]));
+    let sharded = create_gitsync(&ns, "sharded", json!({"url": url, "interval": "1h"})).await;
+    eventually(
+        Duration::from_secs(40),
+        "a GitSync is Ready under sharding with the chart's RBAC",
+        || async {
+            let status = sharded.get("sharded").await.ok()?.status?;
+            (status.conditions.iter())
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(controller.metric("kubesync_shard_owned{shard=\"1\"}"), 1.0);
+    assert!(
+        !controller.log_text().contains("listing member leases"),
+        "member Leases are listed: {}",
+        controller.log_text()
+    );
 }

@@ -28,7 +28,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "kubesync.leaderElection" -}}
-{{- if kindIs "bool" .Values.leaderElection.enabled -}}
+{{- if .Values.sharding.enabled -}}
+false
+{{- else if kindIs "bool" .Values.leaderElection.enabled -}}
 {{- .Values.leaderElection.enabled -}}
 {{- else -}}
 {{- gt (int .Values.replicaCount) 1 -}}
