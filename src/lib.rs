@@ -25,6 +25,7 @@ pub mod run_once;
 pub mod shard;
 pub mod sops;
 pub mod source;
+pub mod subprocess;
 pub mod sync;
 pub mod telemetry;
 

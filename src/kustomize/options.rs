@@ -40,28 +40,7 @@ impl Default for KustomizeOptions {
 impl KustomizeOptions {
     /// The executable to run, as a path: the subprocess gets no PATH to look it up with.
     pub fn binary(&self) -> PathBuf {
-        let named = match &self.binary {
-            Some(binary) => binary.clone(),
-            None => {
-                let beside = std::env::current_exe()
-                    .ok()
-                    .and_then(|exe| exe.parent().map(|dir| dir.join("kustomize")));
-                match beside {
-                    Some(path) if path.is_file() => return path,
-                    _ => PathBuf::from("kustomize"),
-                }
-            }
-        };
-        if named.components().count() > 1 {
-            return named;
-        }
-        std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|dir| dir.join(&named))
-            .find(|candidate| candidate.is_file())
-            .unwrap_or(named)
+        crate::subprocess::find(self.binary.as_deref(), "kustomize")
     }
 
     /// Everything besides the revision and the directory that changes a render's output.

@@ -2,7 +2,6 @@
 //! an empty environment (no credentials, no PATH: no `git`, no helm, no plugins), no plugin flags,
 //! `LoadRestrictionsRootOnly`, a time limit (killed when reached) and an address-space limit.
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::cache::Entry;
@@ -11,6 +10,7 @@ use super::options::{KustomizeOptions, kustomization_file};
 use super::sandbox;
 use super::unseal::{check_readable, holds_ciphertext, unseal};
 use crate::sops::Keys;
+use crate::subprocess::{self, Ended};
 
 /// Largest render accepted (the manifests stage's total limit).
 const MAX_OUTPUT_BYTES: u64 = crate::manifests::MAX_TOTAL_BYTES;
@@ -93,41 +93,37 @@ async fn build(
         .env(
             "GOMEMLIMIT",
             format!("{}MiB", options.memory_limit / 2 / 1024 / 1024),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    limit_memory(&mut command, options.memory_limit);
-    let mut child = command.spawn().map_err(|e| RenderError::Binary {
-        binary: binary.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    // Both pipes read at once (a full stderr pipe would stall kustomize), each with a bound, so
-    // a runaway render cannot grow the controller's memory past MAX_OUTPUT_BYTES.
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let run = async {
-        let (out, err, status) = tokio::join!(
-            read_bounded(stdout, MAX_OUTPUT_BYTES + 1),
-            read_bounded(stderr, MAX_STDERR_BYTES),
-            child.wait(),
         );
-        (out, err, status)
+    let limits = subprocess::Limits {
+        timeout: options.timeout,
+        memory: options.memory_limit,
+        max_stdout: MAX_OUTPUT_BYTES,
+        max_stderr: MAX_STDERR_BYTES,
     };
-    // When the time is up, dropping `run` drops the child, which kills it (kill_on_drop).
-    let Ok((stdout, stderr, status)) = tokio::time::timeout(options.timeout, run).await else {
-        return Err(RenderError::Timeout {
-            file: file.into(),
-            timeout: options.timeout,
-        });
+    let ended = subprocess::run(command, limits)
+        .await
+        .map_err(|e| RenderError::Binary {
+            binary: binary.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let (status, stdout, stderr) = match ended {
+        Ended::Exited {
+            status,
+            stdout,
+            stderr,
+        } => (status, stdout, stderr),
+        Ended::TimedOut => {
+            return Err(RenderError::Timeout {
+                file: file.into(),
+                timeout: options.timeout,
+            });
+        }
     };
-    let build_error = |message: String| RenderError::Build {
-        file: file.into(),
-        message,
-    };
-    let status = status.map_err(|e| build_error(e.to_string()))?;
     if !status.success() {
-        return Err(build_error(kustomize_message(&stderr, root, &status)));
+        return Err(RenderError::Build {
+            file: file.into(),
+            message: subprocess::message(&stderr, root, &status),
+        });
     }
     if stdout.len() as u64 > MAX_OUTPUT_BYTES {
         return Err(RenderError::TooLarge {
@@ -137,65 +133,6 @@ async fn build(
     }
     Ok(stdout)
 }
-
-/// At most `limit` bytes of a pipe; the rest is left unread (the child is killed or exits).
-async fn read_bounded(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: u64) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut bytes = Vec::new();
-    if let Some(pipe) = pipe {
-        let _ = pipe.take(limit).read_to_end(&mut bytes).await;
-    }
-    bytes
-}
-
-/// Kustomize's error, first line, without its `Error: ` prefix and with the checkout's absolute
-/// path taken out of the paths it names.
-fn kustomize_message(stderr: &[u8], root: &Path, status: &std::process::ExitStatus) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or_default();
-    let line = line.strip_prefix("Error: ").unwrap_or(line);
-    let mut message = line.to_string();
-    let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    for prefix in [canonical.as_path(), root] {
-        message = message.replace(&format!("{}/", prefix.display()), "");
-        message = message.replace(&prefix.display().to_string(), ".");
-    }
-    const MAX_MESSAGE: usize = 1024;
-    if message.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push('…');
-    }
-    match message.is_empty() {
-        true => format!("exited with {status}"),
-        false => message,
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_memory(command: &mut tokio::process::Command, bytes: u64) {
-    let limit = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    // SAFETY: setrlimit is async-signal-safe and touches only the child between fork and exec.
-    unsafe {
-        command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_AS, &limit) {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        });
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_memory(_command: &mut tokio::process::Command, _bytes: u64) {}
 
 #[cfg(test)]
 mod tests {
@@ -245,21 +182,6 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "a/kustomization.yaml: kustomize build failed: broken"
-        );
-    }
-
-    #[test]
-    fn kustomize_messages_lose_the_checkout_path_and_prefix() {
-        let root = Path::new("/work/x/checkout");
-        let status = std::process::ExitStatus::default();
-        let stderr = b"Error: accumulating resources: accumulation err='accumulating resources from 'missing.yaml': open /work/x/checkout/app/missing.yaml: no such file or directory'\n";
-        assert_eq!(
-            kustomize_message(stderr, root, &status),
-            "accumulating resources: accumulation err='accumulating resources from 'missing.yaml': open app/missing.yaml: no such file or directory'"
-        );
-        assert_eq!(
-            kustomize_message(b"", root, &status),
-            format!("exited with {status}")
         );
     }
 }
