@@ -102,6 +102,34 @@ pub struct SourceArgs {
     /// The `kustomize` executable (default: the one beside kubesync, then $PATH).
     #[arg(long, env = "KUBESYNC_KUSTOMIZE_BINARY")]
     pub kustomize_binary: Option<PathBuf>,
+    /// Render this Helm chart instead of reading --path: a directory of the repository, or with
+    /// --helm-repo the chart's name there.
+    #[arg(long, env = "KUBESYNC_HELM_CHART")]
+    pub helm_chart: Option<String>,
+    /// The chart's HTTP(S) Helm repository or OCI registry (`oci://host/path`).
+    #[arg(long, env = "KUBESYNC_HELM_REPO", requires = "helm_chart")]
+    pub helm_repo: Option<String>,
+    /// The chart's version or semver range (`^1.2`); default: the latest. With --helm-repo.
+    #[arg(long, env = "KUBESYNC_HELM_VERSION", requires = "helm_repo")]
+    pub helm_version: Option<String>,
+    /// Helm release name. Default: --name.
+    #[arg(long, env = "KUBESYNC_HELM_RELEASE", requires = "helm_chart")]
+    pub helm_release: Option<String>,
+    /// Values file in the repository (repeat the flag; later files win).
+    #[arg(long = "helm-values", requires = "helm_chart")]
+    pub helm_values: Vec<String>,
+    /// Username for the chart repository or registry.
+    #[arg(long, env = "KUBESYNC_HELM_USERNAME", requires = "helm_repo")]
+    pub helm_username: Option<String>,
+    /// File holding the chart repository's or registry's password.
+    #[arg(long, env = "KUBESYNC_HELM_PASSWORD_FILE", requires = "helm_repo")]
+    pub helm_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the chart repository or registry.
+    #[arg(long, env = "KUBESYNC_HELM_CA_FILE", requires = "helm_repo")]
+    pub helm_ca_file: Option<PathBuf>,
+    /// The `helm` executable (default: the one beside kubesync, then $PATH).
+    #[arg(long, env = "KUBESYNC_HELM_BINARY")]
+    pub helm_binary: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -242,6 +270,10 @@ pub struct ControllerArgs {
     /// The `kustomize` executable (default: the one beside kubesync, then $PATH).
     #[arg(long, env = "KUBESYNC_KUSTOMIZE_BINARY")]
     pub kustomize_binary: Option<PathBuf>,
+    /// The `helm` executable GitSyncs with spec.helm render with (default: the one beside
+    /// kubesync, then $PATH).
+    #[arg(long, env = "KUBESYNC_HELM_BINARY")]
+    pub helm_binary: Option<PathBuf>,
     /// known_hosts used for SSH remotes whose Secret has no `known_hosts` key.
     #[arg(long, env = "KUBESYNC_KNOWN_HOSTS")]
     pub known_hosts: Option<PathBuf>,
@@ -443,6 +475,7 @@ async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
         identity,
         full_sync_every: args.full_sync_every,
         kustomize_binary: args.kustomize_binary.clone(),
+        helm_binary: args.helm_binary.clone(),
         tenancy: crate::controller::Tenancy {
             default_service_account: args.default_service_account.clone(),
             no_cross_namespace_refs: args.no_cross_namespace_refs,
@@ -537,8 +570,42 @@ impl SourceArgs {
                 cache_dir: Some(self.cache_dir().join("render")),
                 ..KustomizeOptions::default()
             },
+            helm: self.helm(namespace)?,
             confined_to: None,
         })
+    }
+
+    /// The Helm chart of the flags, if any.
+    fn helm(&self, namespace: &str) -> Result<Option<crate::helm::HelmOptions>, CliError> {
+        use crate::helm::{ChartSource, HelmOptions, RepoCredentials};
+        let Some(chart) = &self.helm_chart else {
+            return Ok(None);
+        };
+        let source = match &self.helm_repo {
+            None => ChartSource::Path(chart.clone()),
+            Some(url) => ChartSource::Repository {
+                url: url.clone(),
+                chart: chart.clone(),
+                version: self.helm_version.clone(),
+            },
+        };
+        Ok(Some(HelmOptions {
+            source,
+            release_name: (self.helm_release.clone()).unwrap_or_else(|| self.name.clone()),
+            namespace: namespace.into(),
+            values: None,
+            values_files: self.helm_values.clone(),
+            include_crds: true,
+            skip_tests: true,
+            credentials: RepoCredentials {
+                username: self.helm_username.clone(),
+                password: read_secret(self.helm_password_file.as_ref(), "Helm password")?,
+                ca_file: self.helm_ca_file.clone(),
+            },
+            binary: self.helm_binary.clone(),
+            timeout: Duration::from_secs(120),
+            cache_dir: self.cache_dir().join("helm"),
+        }))
     }
 
     fn cache_dir(&self) -> PathBuf {

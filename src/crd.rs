@@ -114,6 +114,61 @@ pub struct GitSyncSpec {
     /// of that cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_config: Option<KubeConfigRef>,
+    /// Render a Helm chart instead of reading `path`: a directory of the Git repository, or a
+    /// chart of an HTTP(S) Helm repository or an OCI registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmSpec>,
+}
+
+/// A Helm chart and how it is rendered (`helm template`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmSpec {
+    /// The chart: a directory of the Git repository holding `Chart.yaml`, or with `repoURL`
+    /// the chart's name there.
+    pub chart: String,
+    /// An HTTP(S) Helm repository (`https://…`) or an OCI registry (`oci://host/path`).
+    #[serde(default, rename = "repoURL", skip_serializing_if = "Option::is_none")]
+    pub repo_url: Option<String>,
+    /// Version or semver range (`^1.2`, `>=1.0 <2`) of a repository's chart; default: the
+    /// latest. The resolved version is in `status.helmChart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Default: the GitSync's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    /// Values files of the Git repository, in order (later ones win).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+    /// Values, applied after the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub values: Option<serde_json::Value>,
+    /// Apply the chart's CRDs (its `crds/` directory). Default: true.
+    #[serde(default = "default_true", rename = "includeCRDs")]
+    pub include_crds: bool,
+    /// Leave out the chart's test hooks. Default: true.
+    #[serde(default = "default_true")]
+    pub skip_tests: bool,
+    /// Secret with `username` and `password`, and/or `ca.crt`, for the repository or registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+}
+
+/// An object of any fields (Helm values).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// The Helm chart version a sync rendered.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct HelmChartStatus {
+    pub version: String,
+    /// sha256 of the chart archive.
+    pub digest: String,
 }
 
 /// Where a remote cluster's kubeconfig is.
@@ -282,6 +337,9 @@ pub struct GitSyncStatus {
     /// Since when objects wait for their CRD; after 10 minutes a sync fails on them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for_crd_since: Option<Time>,
+    /// The Helm chart last rendered from a repository or registry: resolved version and digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm_chart: Option<HelmChartStatus>,
     /// The last automatic rollback, until a revision syncs successfully again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,

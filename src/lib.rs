@@ -10,6 +10,7 @@ pub mod crd;
 pub mod drift;
 pub mod duration;
 pub mod health;
+pub mod helm;
 pub mod http;
 pub mod kube_ext;
 pub mod kustomize;

@@ -259,6 +259,21 @@ impl Discovery {
         self.by_gvk.get(&(group, version, kind.to_string()))
     }
 
+    /// Every served group-version (`v1`, `apps/v1`) and group-version-kind (`apps/v1/Deployment`),
+    /// sorted: what Helm's `.Capabilities.APIVersions` holds.
+    pub fn api_versions(&self) -> Vec<String> {
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        for (group, version, kind) in self.by_gvk.keys() {
+            let gv = match group.as_str() {
+                "" => version.clone(),
+                _ => format!("{group}/{version}"),
+            };
+            out.insert(format!("{gv}/{kind}"));
+            out.insert(gv);
+        }
+        out.into_iter().collect()
+    }
+
     pub fn preferred(&self, gk: &GroupKind) -> Option<&ResourceInfo> {
         self.preferred.get(gk)
     }

@@ -33,6 +33,8 @@ pub struct ControllerConfig {
     pub full_sync_every: u32,
     /// The `kustomize` executable (None: beside kubesync, then PATH).
     pub kustomize_binary: Option<PathBuf>,
+    /// The `helm` executable (None: beside kubesync, then PATH).
+    pub helm_binary: Option<PathBuf>,
     /// What GitSyncs outside the trusted namespaces may reach.
     pub tenancy: super::tenancy::Tenancy,
 }

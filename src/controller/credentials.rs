@@ -214,6 +214,29 @@ pub async fn age_keys(ctx: &Context, sync: &GitSync) -> Result<Keys, Credentials
     Ok(keys)
 }
 
+/// The credentials of the GitSync's Helm repository or registry (`spec.helm.secretRef`):
+/// `username`, `password`, and `ca.crt` written to a private file for helm.
+pub async fn helm_credentials(
+    ctx: &Context,
+    sync: &GitSync,
+    work_dir: &Path,
+) -> Result<crate::helm::RepoCredentials, CredentialsError> {
+    let mut credentials = crate::helm::RepoCredentials::default();
+    let Some(secret_ref) = (sync.spec.helm.as_ref()).and_then(|h| h.secret_ref.as_ref()) else {
+        return Ok(credentials);
+    };
+    let namespace = sync.namespace().unwrap_or_default();
+    let secret = SecretData::read(ctx, &namespace, &secret_ref.name).await?;
+    credentials.username = secret.text("username")?;
+    credentials.password =
+        (secret.text("password")?).map(|p| p.trim_end_matches(['\r', '\n']).to_string());
+    if let Some(ca) = secret.text("ca.crt")? {
+        let dir = work_dir.join("credentials");
+        credentials.ca_file = Some(write_private(&dir, "helm-ca.crt", &ca)?);
+    }
+    Ok(credentials)
+}
+
 /// The data of a Secret, with its name for messages.
 struct SecretData {
     namespace: String,

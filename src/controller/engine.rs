@@ -5,7 +5,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::context::Context;
-use super::credentials::{age_keys, clients, git_auth};
+use super::credentials::{CredentialsError, age_keys, clients, git_auth, helm_credentials};
 use crate::applyset::Parent;
 use crate::crd::GitSync;
 use crate::kustomize::KustomizeOptions;
@@ -26,21 +26,35 @@ pub async fn run_sync(
     let prepared = async {
         let spec = source_spec(ctx, sync, &work_dir, timeout).await?;
         let clients = clients(ctx, sync).await.map_err(credentials)?;
-        let keys = age_keys(ctx, sync).await.map_err(credentials)?;
-        Ok::<_, SyncError>((spec, clients, keys))
+        let mut options = sync_options(ctx, sync, timeout);
+        with_secrets(ctx, sync, &mut options)
+            .await
+            .map_err(credentials)?;
+        Ok::<_, SyncError>((spec, clients, options))
     };
-    let (mut spec, clients, keys) = match prepared.await {
+    let (mut spec, clients, mut options) = match prepared.await {
         Ok(p) => p,
         Err(e) => return SyncReport::failed(&name, e),
     };
-    let mut options = sync_options(ctx, sync, timeout);
-    options.target.decryption = keys;
     if let Some(commit) = at {
         spec.reference = crate::source::GitRef::Commit(commit.into());
         options.wait = None;
         options.prune.enabled &= sync.spec.rollback.as_ref().is_some_and(|r| r.prune);
     }
     crate::sync::sync_source(&clients, &spec, &work_dir.join("git"), &options).await
+}
+
+/// The secrets the engine's options need: SOPS age keys and the Helm repository's credentials.
+pub async fn with_secrets(
+    ctx: &Context,
+    sync: &GitSync,
+    options: &mut SyncOptions,
+) -> Result<(), CredentialsError> {
+    options.target.decryption = age_keys(ctx, sync).await?;
+    if let Some(helm) = options.target.helm.as_mut() {
+        helm.credentials = helm_credentials(ctx, sync, &work_dir(ctx, sync)).await?;
+    }
+    Ok(())
 }
 
 /// Where the GitSync's repository is cached.
@@ -77,6 +91,7 @@ pub fn sync_options(ctx: &Context, sync: &GitSync, timeout: Duration) -> SyncOpt
     options.target.parent = Some(parent_of(sync));
     options.target.confined_to = ctx.config.tenancy.confines(sync);
     options.target.kustomize = kustomize_options(ctx, sync, timeout);
+    options.target.helm = helm_options(ctx, sync, target_namespace, timeout);
     options.apply.field_manager = ctx.config.field_manager.clone();
     options.apply.timeout = timeout.min(Duration::from_secs(60));
     options.apply.drift = sync.spec.drift;
@@ -100,6 +115,38 @@ pub fn parent_of(sync: &GitSync) -> Parent {
             Parent::secret(&format!("kubesync.{namespace}.{name}"), target)
         }
     }
+}
+
+/// The GitSync's Helm chart, if it has one (credentials are added by [`with_secrets`]).
+fn helm_options(
+    ctx: &Context,
+    sync: &GitSync,
+    namespace: &str,
+    timeout: Duration,
+) -> Option<crate::helm::HelmOptions> {
+    use crate::helm::{ChartSource, HelmOptions};
+    let spec = sync.spec.helm.as_ref()?;
+    let source = match &spec.repo_url {
+        None => ChartSource::Path(spec.chart.clone()),
+        Some(url) => ChartSource::Repository {
+            url: url.clone(),
+            chart: spec.chart.clone(),
+            version: spec.version.clone(),
+        },
+    };
+    Some(HelmOptions {
+        source,
+        release_name: (spec.release_name.clone()).unwrap_or_else(|| sync.name_any()),
+        namespace: namespace.into(),
+        values: spec.values.clone(),
+        values_files: spec.values_files.clone(),
+        include_crds: spec.include_crds,
+        skip_tests: spec.skip_tests,
+        credentials: Default::default(),
+        binary: ctx.config.helm_binary.clone(),
+        timeout,
+        cache_dir: ctx.config.cache_dir.join("helm"),
+    })
 }
 
 /// Kustomize as the GitSync asks, renders cached beside its repository, killed at its timeout.

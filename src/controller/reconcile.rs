@@ -14,9 +14,9 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::context::{Context, ControllerError, Finished, HEALTH_RECHECK, Recheck, key_of};
-use super::credentials::{CredentialsError, age_keys, clients};
+use super::credentials::{CredentialsError, clients};
 use super::dependencies;
-use super::engine::{parent_of, run_sync, source_spec, sync_options, work_dir};
+use super::engine::{parent_of, run_sync, source_spec, sync_options, with_secrets, work_dir};
 use super::events::publish;
 use super::rollback;
 use super::schedule::{CRD_RECHECK, Due, backoff, due, jittered, known_status};
@@ -506,14 +506,13 @@ async fn repair_drift(ctx: &Context, sync: &GitSync, timeout: Duration, repair: 
     }
     let prepared = async {
         let clients = clients(ctx, sync).await?;
-        let keys = age_keys(ctx, sync).await?;
-        Ok::<_, CredentialsError>((clients, keys))
+        let mut options = sync_options(ctx, sync, timeout);
+        with_secrets(ctx, sync, &mut options).await?;
+        Ok::<_, CredentialsError>((clients, options))
     };
     let report = match prepared.await {
-        Ok((clients, keys)) => {
-            let mut options = sync_options(ctx, sync, timeout);
+        Ok((clients, mut options)) => {
             options.target.paths = repair.files;
-            options.target.decryption = keys;
             options.prune.enabled = false;
             crate::sync::repair(&clients, &repair.checkout, &options, &repair.objects).await
         }

@@ -196,6 +196,13 @@ impl StatusUpdate<'_> {
             "releasedFields": self.released_after(report),
             "waitingForCrd": report.waiting_for_crd.iter().take(DRIFT_LIMIT).collect::<Vec<_>>(),
             "waitingForCrdSince": waiting_since,
+            "helmChart": match &report.chart {
+                Some(chart) => Some(crate::crd::HelmChartStatus {
+                    version: chart.version.clone(),
+                    digest: chart.digest.clone(),
+                }),
+                None => old.helm_chart.clone(),
+            },
             "lastHealthyRevision": match ok && report.health_checked {
                 true => report.revision.clone(),
                 false => old.last_healthy_revision.clone(),

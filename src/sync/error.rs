@@ -19,7 +19,7 @@ pub enum Step {
     Credentials,
     /// Fetching the repository.
     Source,
-    /// Rendering kustomizations.
+    /// Rendering kustomizations and Helm charts.
     Render,
     /// Reading and validating the manifests.
     Manifests,
@@ -120,6 +120,8 @@ pub enum SyncError {
     #[error("{} render error(s)", .0.len())]
     Renders(Vec<RenderError>),
     #[error("{0}")]
+    Helm(#[source] Box<crate::helm::HelmError>),
+    #[error("{0}")]
     Manifest(#[source] Box<ManifestError>),
     /// Every bad manifest: recorded as one [`SyncError::Manifest`] each.
     #[error("{} manifest error(s)", .0.len())]
@@ -160,7 +162,7 @@ impl SyncError {
             SyncError::Spec(_) => Step::Spec,
             SyncError::Credentials(_) => Step::Credentials,
             SyncError::Fetch(_) => Step::Source,
-            SyncError::Render(_) | SyncError::Renders(_) => Step::Render,
+            SyncError::Render(_) | SyncError::Renders(_) | SyncError::Helm(_) => Step::Render,
             SyncError::Manifest(_)
             | SyncError::Manifests(_)
             | SyncError::RepairTargetsGone { .. } => Step::Manifests,
@@ -206,6 +208,7 @@ from_step_error!(
     Spec(SpecError),
     Fetch(SourceError),
     Render(RenderError),
+    Helm(crate::helm::HelmError),
     Manifest(ManifestError),
     Discovery(DiscoveryError),
     Plan(PlanError),

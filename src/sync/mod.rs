@@ -11,7 +11,8 @@ use crate::applyset::{Footprint, OpenSet, write_jobs};
 use crate::plan::{self, Discovery, PlannedObject};
 use crate::run_once::{JobMemory, JobOutcome};
 use crate::source::{self, Checkout, SourceSpec};
-use plan_step::{load, make_plan, release_fields};
+use plan_step::{load_all, make_plan, release_fields};
+pub use report::ChartVersion;
 
 mod apply_step;
 mod error;
@@ -112,12 +113,13 @@ async fn run(
     let clock = Instant::now();
     let client = &clients.apply;
     check_stop(options)?;
-    let loaded = load(checkout, options).await?;
+    let discovery = Discovery::run(client).await.map_err(SyncError::from)?;
+    let loaded = load_all(client, checkout, options, &discovery).await?;
     report.render_duration = loaded.render_duration;
+    report.chart = loaded.chart;
     let manifests = loaded.manifests;
     check_stop(options)?;
     debug_elapsed(clock, "manifests loaded");
-    let discovery = Discovery::run(client).await.map_err(SyncError::from)?;
     let ctx = options.target.plan_context();
     let mut the_plan = make_plan(manifests, &discovery, &ctx, options.wait_for_crds, report)?;
     release_fields(client, &discovery, options, &mut the_plan, report).await?;
@@ -210,12 +212,12 @@ pub async fn render(
     checkout: &Checkout,
     options: &SyncOptions,
 ) -> Result<Vec<PlannedObject>, Vec<SyncError>> {
-    let manifests = (load(checkout, options).await)
-        .map_err(SyncError::split)?
-        .manifests;
     let discovery = Discovery::run(client)
         .await
         .map_err(|e| vec![SyncError::from(e)])?;
+    let manifests = (load_all(client, checkout, options, &discovery).await)
+        .map_err(SyncError::split)?
+        .manifests;
     let ctx = options.target.plan_context();
     let the_plan = plan::plan(manifests, &discovery, &ctx);
     if !the_plan.errors.is_empty() {

@@ -27,6 +27,8 @@ pub struct Target {
     pub decryption: Keys,
     /// When and how kustomizations are rendered.
     pub kustomize: KustomizeOptions,
+    /// A Helm chart rendered instead of the files under `paths`.
+    pub helm: Option<crate::helm::HelmOptions>,
     /// Every object must be in this namespace (the controller's tenancy lockdown); others,
     /// cluster-scoped ones included, are refused before anything is applied.
     pub confined_to: Option<String>,
@@ -79,6 +81,7 @@ impl SyncOptions {
                 parent: None,
                 decryption: Keys::default(),
                 kustomize: KustomizeOptions::default(),
+                helm: None,
                 confined_to: None,
             },
             apply: ApplyOptions::default(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::error::SyncError;
 use super::options::SyncOptions;
-use super::report::SyncReport;
+use super::report::{ChartVersion, SyncReport};
 use crate::kustomize;
 use crate::manifests::{self, Manifest};
 use crate::plan::{self, Discovery, PlanContext};
@@ -14,8 +14,39 @@ use crate::source::Checkout;
 /// The manifests of a checkout, plain and rendered.
 pub struct Loaded {
     pub manifests: Vec<Manifest>,
-    /// Time spent in `kustomize build`; None when nothing was rendered afresh.
+    /// Time spent in `kustomize build` or `helm`; None when nothing was rendered afresh.
     pub render_duration: Option<Duration>,
+    /// The Helm chart's resolved version and digest (repository charts).
+    pub chart: Option<ChartVersion>,
+}
+
+/// The manifests of the sync: the Helm chart's render when the target has one (helm sees the
+/// target cluster's version and APIs), else the checkout's files and kustomizations.
+pub async fn load_all(
+    client: &kube::Client,
+    checkout: &Checkout,
+    options: &SyncOptions,
+    discovery: &Discovery,
+) -> Result<Loaded, SyncError> {
+    let Some(chart) = &options.target.helm else {
+        return load(checkout, options).await;
+    };
+    let kube_version = (client.apiserver_version().await.ok()).map(|info| info.git_version);
+    let capabilities = crate::helm::Capabilities {
+        kube_version,
+        api_versions: discovery.api_versions(),
+    };
+    let rendered = crate::helm::render(&checkout.dir, chart, &capabilities).await?;
+    let keys = &options.target.decryption;
+    let manifests = manifests::parse_file_with_keys(&rendered.origin, &rendered.yaml, keys)
+        .map_err(SyncError::Manifests)?;
+    let chart = (rendered.version.zip(rendered.digest))
+        .map(|(version, digest)| ChartVersion { version, digest });
+    Ok(Loaded {
+        manifests,
+        render_duration: Some(rendered.duration),
+        chart,
+    })
 }
 
 /// Manifests: any error fails the sync before anything is applied. A kustomization that fails
@@ -32,6 +63,7 @@ pub async fn load(checkout: &Checkout, options: &SyncOptions) -> Result<Loaded, 
     let mut loaded = Loaded {
         manifests: tree.manifests,
         render_duration: None,
+        chart: None,
     };
     let mut render_errors = Vec::new();
     let mut manifest_errors = Vec::new();

@@ -10,7 +10,7 @@ use tracing::{Instrument, info, info_span};
 use super::apply_step::APPLY_ORDER;
 use super::error::SyncError;
 use super::options::{Clients, SyncOptions};
-use super::plan_step::{load, make_plan, release_fields};
+use super::plan_step::{load_all, make_plan, release_fields};
 use super::report::SyncReport;
 use crate::apply::apply_stage;
 use crate::applyset::read_parent;
@@ -62,10 +62,10 @@ async fn reapply(
     objects: &BTreeSet<ObjectKey>,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let manifests = load(checkout, options).await?.manifests;
     let discovery = Discovery::run(&clients.apply)
         .await
         .map_err(SyncError::from)?;
+    let manifests = (load_all(&clients.apply, checkout, options, &discovery).await?).manifests;
     let ctx = options.target.plan_context();
     let mut the_plan = make_plan(manifests, &discovery, &ctx, false, report)?;
     the_plan.objects.retain(|o| objects.contains(&o.key));

@@ -45,6 +45,9 @@ pub struct SyncReport {
     /// Time spent in `kustomize build` (renders from the cache not counted); None: nothing
     /// was rendered.
     pub render_duration: Option<Duration>,
+    /// The Helm chart rendered from a repository: its resolved version and digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartVersion>,
     /// The step of the first failure.
     pub failure: Option<Step>,
     /// The sync waited for the applied objects' health (so a success means healthy).
@@ -175,6 +178,13 @@ impl SyncReport {
     pub fn summarise(&mut self) {
         self.summary = Summary::of(&self.objects);
     }
+}
+
+/// Which version of a repository's chart was rendered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChartVersion {
+    pub version: String,
+    pub digest: String,
 }
 
 #[cfg(test)]

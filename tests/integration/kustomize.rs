@@ -238,7 +238,7 @@ fn assert_render_equals_kustomize(repo: &Path, path: &str, namespace: &str, extr
 
 /// Objects by `apiVersion kind namespace/name`, without kubesync's marks; an object without a
 /// namespace gets `namespace` (render fills in the default namespace).
-fn objects(yaml: &str, namespace: &str) -> std::collections::BTreeMap<String, Value> {
+pub fn objects(yaml: &str, namespace: &str) -> std::collections::BTreeMap<String, Value> {
     let manifests = kubesync::manifests::parse_file("out.yaml", yaml.as_bytes())
         .unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
     let mut out = std::collections::BTreeMap::new();

@@ -17,6 +17,7 @@ mod fixtures;
 mod flux;
 mod git;
 mod git_faults;
+mod helm;
 mod homelab;
 mod https;
 mod kustomize;

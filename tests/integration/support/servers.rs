@@ -107,6 +107,44 @@ pub fn start_sshd() -> Sshd {
     sshd
 }
 
+/// lighttpd serving `dir/www` over HTTPS (the CA in `dir/ca.pem`), requiring basic auth for
+/// everything under `/charts/`: a Helm chart repository.
+pub fn start_chart_repository() -> Lighttpd {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_certificates(d);
+    std::fs::create_dir_all(d.join("www/charts")).expect("docroot");
+    std::fs::write(d.join("users"), format!("{USER}:{PASSWORD}\n")).expect("users");
+    let port = free_port();
+    let config = format!(
+        r#"server.modules = ("mod_auth", "mod_authn_file", "mod_openssl")
+server.document-root = "{d}/www"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{d}/error.log"
+mimetype.assign = (".yaml" => "application/x-yaml", ".tgz" => "application/gzip")
+ssl.engine = "enable"
+ssl.pemfile = "{d}/server.pem"
+ssl.privkey = "{d}/server.key"
+auth.backend = "plain"
+auth.backend.plain.userfile = "{d}/users"
+auth.require = ("/charts/" => ("method" => "basic", "realm" => "charts", "require" => "valid-user"))
+"#,
+        d = d.display(),
+    );
+    std::fs::write(d.join("lighttpd.conf"), config).expect("config");
+    let child = Command::new("lighttpd")
+        .args(["-D", "-f"])
+        .arg(d.join("lighttpd.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lighttpd starts (lighttpd and lighttpd-mod-openssl installed?)");
+    let mut server = Lighttpd { child, port, dir };
+    crate::support::wait_for_listener(&mut server.child, port, "lighttpd");
+    server
+}
+
 /// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
 fn make_certificates(dir: &Path) {
     openssl(

@@ -1,0 +1,283 @@
+//! Helm charts, rendered by the real pinned `helm` (the testbed's build, on PATH): a `helm
+//! create` scaffold kept in Git syncs, becomes healthy, rolls on a values change in Git and
+//! prunes a removed template; the same chart from an HTTPS chart repository on loopback (basic
+//! auth, private CA) with a version range resolved into the status; a wrong password, a missing
+//! chart, a template error and a broken values file each fail before anything is applied; and
+//! `kubesync render` equals `helm template` for every chart and values set used.
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use kubesync::crd::GitSync;
+use serde_json::json;
+
+use crate::kustomize::objects;
+use crate::support::controller::{
+    ControllerProcess, create_gitsync, install_crd, wait_for_revision,
+};
+use crate::support::git::{GitDaemon, GitRepo};
+use crate::support::servers::{PASSWORD, USER, start_chart_repository};
+use crate::support::{TestNamespace, eventually, run};
+
+/// `helm create web` under `charts/` of `dir`, at `version`.
+fn helm_create(dir: &Path, version: &str) {
+    std::fs::create_dir_all(dir.join("charts")).expect("mkdir");
+    run(Command::new("helm")
+        .args(["create", "web"])
+        .current_dir(dir.join("charts")));
+    let chart_yaml = dir.join("charts/web/Chart.yaml");
+    let text = std::fs::read_to_string(&chart_yaml).expect("Chart.yaml");
+    let text = text.replace("version: 0.1.0", &format!("version: {version}"));
+    std::fs::write(&chart_yaml, text).expect("Chart.yaml");
+}
+
+/// `kubesync render` of the chart equals `helm template` of it, object for object.
+fn assert_render_equals_helm_template(repo: &Path, namespace: &str, values: &[&str]) {
+    let mut ours = Command::new(env!("CARGO_BIN_EXE_kubesync"));
+    ours.args(["render", "--show-secrets", "--name", "web", "-n", namespace])
+        .args(["--helm-chart", "charts/web"])
+        .arg("--repo")
+        .arg(repo);
+    let mut theirs = Command::new("helm");
+    theirs
+        .args(["template", "web", "charts/web", "--namespace", namespace])
+        .args(["--include-crds", "--skip-tests"])
+        .current_dir(repo);
+    for file in values {
+        ours.args(["--helm-values", file]);
+        theirs.args(["--values", file]);
+    }
+    let ours = objects(&run(&mut ours), namespace);
+    let theirs = objects(&run(&mut theirs), namespace);
+    assert!(theirs.len() >= 2, "helm rendered the scaffold: {theirs:?}");
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "{values:?}: the same objects"
+    );
+    for (key, theirs) in &theirs {
+        assert_eq!(&ours[key], theirs, "{values:?}: {key}");
+    }
+}
+
+async fn replicas(ns: &TestNamespace) -> Option<i32> {
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    deployments.get_opt("web").await.ok()??.spec?.replicas
+}
+
+/// Ready=True, or the last error once Ready is False.
+async fn outcome(api: &Api<GitSync>, name: &str) -> Result<GitSync, String> {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{name} settles"),
+        || async {
+            let sync = api.get(name).await.ok()?;
+            let status = sync.status.clone()?;
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            match ready.status.as_str() {
+                "True" => Some(Ok(sync)),
+                "False" => Some(Err(status.last_error.unwrap_or_default())),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_chart_in_git_syncs_rolls_on_a_values_change_and_prunes_a_removed_template() {
+    let ns = TestNamespace::new("helm").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    helm_create(&repo.work(), "0.1.0");
+    repo.write(
+        "values/home.yaml",
+        "replicaCount: 2\nservice:\n  port: 8080\n",
+    );
+    let first = repo.commit_and_push("the web chart, from helm create");
+    assert_render_equals_helm_template(&repo.work(), &ns.name, &[]);
+    assert_render_equals_helm_template(&repo.work(), &ns.name, &["values/home.yaml"]);
+
+    let daemon = GitDaemon::start(repo.root.path());
+    let _controller = ControllerProcess::start(&ns.name, &[]);
+    let spec = json!({
+        "url": daemon.url(), "interval": "1h", "wait": true, "timeout": "60s",
+        "helm": {"chart": "charts/web", "valuesFiles": ["values/home.yaml"],
+                 "values": {"podAnnotations": {"from": "inline"}}},
+    });
+    let api = create_gitsync(&ns, "web", spec).await;
+    wait_for_revision(&api, "web", &first, Duration::from_secs(90)).await;
+    let synced = outcome(&api, "web").await.expect("Ready, healthy");
+    let summary = synced.status.and_then(|s| s.summary).expect("summary");
+    assert_eq!(summary.unhealthy, 0, "healthy: {summary:?}");
+    assert_eq!(replicas(&ns).await, Some(2), "the values file applies");
+    let services: Api<Service> = Api::namespaced(ns.client.clone(), &ns.name);
+    let service = services.get("web").await.expect("the chart's Service");
+    assert_eq!(
+        service.spec.expect("spec").ports.expect("ports")[0].port,
+        8080
+    );
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let pod_annotations = (deployments.get("web").await.expect("web").spec)
+        .and_then(|s| s.template.metadata?.annotations)
+        .unwrap_or_default();
+    assert_eq!(
+        pod_annotations.get("from").map(String::as_str),
+        Some("inline")
+    );
+
+    // A values change in Git rolls the Deployment; a removed template's object is pruned.
+    repo.write(
+        "values/home.yaml",
+        "replicaCount: 3\nservice:\n  port: 8080\n",
+    );
+    repo.remove("charts/web/templates/service.yaml");
+    let second = repo.commit_and_push("three replicas, no Service");
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"kubesync.dev/requestedAt": "2"}}})),
+    )
+    .await
+    .expect("request");
+    wait_for_revision(&api, "web", &second, Duration::from_secs(90)).await;
+    assert_eq!(replicas(&ns).await, Some(3));
+    assert!(
+        services.get_opt("web").await.expect("get").is_none(),
+        "Service pruned"
+    );
+    assert_render_equals_helm_template(&repo.work(), &ns.name, &["values/home.yaml"]);
+}
+
+#[tokio::test]
+async fn a_chart_from_an_https_repository_resolves_a_range_and_errors_name_their_source() {
+    let ns = TestNamespace::new("helm-repo").await;
+    install_crd(&ns.client).await;
+    // Three versions of the chart, packaged and indexed, behind basic auth and a private CA.
+    let server = start_chart_repository();
+    let www = server.dir.path().join("www/charts");
+    let build = tempfile::tempdir().expect("tempdir");
+    for version in ["0.1.0", "0.1.5", "0.2.0"] {
+        let dir = build.path().join(version);
+        helm_create(&dir, version);
+        run(Command::new("helm")
+            .args(["package", "charts/web", "--destination"])
+            .arg(&www)
+            .current_dir(&dir));
+    }
+    let url = format!("https://127.0.0.1:{}/charts", server.port);
+    run(Command::new("helm")
+        .args(["repo", "index", "."])
+        .arg("--url")
+        .arg(&url)
+        .current_dir(&www));
+    let ca = std::fs::read_to_string(server.dir.path().join("ca.pem")).expect("ca");
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (name, password) in [("charts", PASSWORD), ("wrong", "not-the-Pw7-password")] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"username": USER, "password": password, "ca.crt": ca},
+        }))
+        .expect("Secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("Secret");
+    }
+
+    let repo = GitRepo::new();
+    repo.write("values.yaml", "replicaCount: 1\n");
+    repo.write("broken-values.yaml", "replicaCount: [1\n");
+    helm_create(&repo.work(), "0.1.0");
+    repo.write(
+        "charts/web/templates/broken.yaml",
+        "{{- if .Values.broken }}\nkind: ConfigMap\nvalue: {{ .Values.missing.deeper.field }}\n{{- end }}\n",
+    );
+    let first = repo.commit_and_push("values");
+    let daemon = GitDaemon::start(repo.root.path());
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let remote = |secret: &str, version: &str| {
+        json!({"url": daemon.url(), "interval": "1h",
+               "helm": {"repoURL": url, "chart": "web", "version": version,
+                        "valuesFiles": ["values.yaml"], "secretRef": {"name": secret}}})
+    };
+    let api = create_gitsync(&ns, "web", remote("charts", "~0.1.0")).await;
+    wait_for_revision(&api, "web", &first, Duration::from_secs(90)).await;
+    let chart = (api.get("web").await.expect("get").status)
+        .and_then(|s| s.helm_chart)
+        .expect("status.helmChart");
+    assert_eq!(
+        chart.version, "0.1.5",
+        "~0.1.0 resolves to the newest 0.1.x"
+    );
+    assert!(chart.digest.starts_with("sha256:"), "{chart:?}");
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let labels = (deployments.get("web").await.expect("web").metadata.labels).unwrap_or_default();
+    assert_eq!(
+        labels.get("helm.sh/chart").map(String::as_str),
+        Some("web-0.1.5")
+    );
+
+    // Each error names its source and fails before anything is applied.
+    let cases = [
+        (
+            "wrong-password",
+            remote("wrong", "~0.1.0"),
+            vec!["helm pull failed", "web of https://127.0.0.1"],
+        ),
+        (
+            "no-version",
+            remote("charts", "9.9.9"),
+            vec!["helm pull failed", "9.9.9"],
+        ),
+        (
+            "no-chart",
+            json!({"url": daemon.url(), "interval": "1h", "helm": {"chart": "charts/none"}}),
+            vec!["helm chart charts/none: no Chart.yaml there"],
+        ),
+        (
+            "template-error",
+            json!({"url": daemon.url(), "interval": "1h",
+                   "helm": {"chart": "charts/web", "values": {"broken": true}}}),
+            vec!["helm chart charts/web: helm template failed", "broken.yaml"],
+        ),
+        (
+            "bad-values",
+            json!({"url": daemon.url(), "interval": "1h",
+                   "helm": {"chart": "charts/web", "valuesFiles": ["broken-values.yaml"]}}),
+            vec!["values file broken-values.yaml is not a YAML mapping"],
+        ),
+    ];
+    for (name, spec, says) in cases {
+        let api = create_gitsync(&ns, name, spec).await;
+        let error = outcome(&api, name).await.expect_err("fails");
+        for phrase in says {
+            assert!(error.contains(phrase), "{name}: says {phrase:?}: {error}");
+        }
+        assert!(
+            !error.contains("not-the-Pw7-password") && !error.contains(PASSWORD),
+            "{error}"
+        );
+        let reason = (api.get(name).await.expect("get").status)
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.reason)
+            .unwrap_or_default();
+        assert_eq!(reason, "RenderFailed", "{name}: {error}");
+    }
+    assert_eq!(
+        deployments
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1,
+        "only the first GitSync's Deployment exists"
+    );
+    let log = controller.log_text();
+    assert!(!log.contains(PASSWORD) && !log.contains("not-the-Pw7-password"));
+}
