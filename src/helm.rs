@@ -15,6 +15,36 @@ const MAX_STDERR_BYTES: u64 = 64 * 1024;
 /// Address-space limit of the subprocess (Go reserves more than it touches).
 const MEMORY_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 
+/// The annotation naming the Helm hooks an object is.
+pub const HOOK_ANNOTATION: &str = "helm.sh/hook";
+
+/// When a sync applies a Helm hook: a sync installs or upgrades, so `pre-install`/`pre-upgrade`
+/// hooks go before the chart's other objects and `post-install`/`post-upgrade` after them;
+/// hooks only of delete or rollback are never applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookPhase {
+    Before,
+    After,
+    Never,
+}
+
+/// The phase of an object that is a Helm hook; None: not a hook, or a test hook (kept only when
+/// `skipTests` is off, then applied as an ordinary object).
+pub fn hook_phase(object: &serde_json::Value) -> Option<HookPhase> {
+    let hooks = object["metadata"]["annotations"][HOOK_ANNOTATION].as_str()?;
+    let hooks: Vec<&str> = hooks.split(',').map(str::trim).collect();
+    let any = |names: &[&str]| hooks.iter().any(|h| names.contains(h));
+    if any(&["pre-install", "pre-upgrade"]) {
+        Some(HookPhase::Before)
+    } else if any(&["post-install", "post-upgrade"]) {
+        Some(HookPhase::After)
+    } else if hooks.iter().any(|h| h.starts_with("test")) {
+        None
+    } else {
+        Some(HookPhase::Never)
+    }
+}
+
 /// Where the chart is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChartSource {
@@ -478,6 +508,24 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hooks_of_install_and_upgrade_are_ordered_and_the_others_never_applied() {
+        let hook = |value: &str| serde_json::json!({"metadata": {"annotations": {HOOK_ANNOTATION: value}}});
+        assert_eq!(hook_phase(&hook("pre-install")), Some(HookPhase::Before));
+        assert_eq!(
+            hook_phase(&hook("post-delete, pre-upgrade")),
+            Some(HookPhase::Before)
+        );
+        assert_eq!(
+            hook_phase(&hook("post-install,post-upgrade")),
+            Some(HookPhase::After)
+        );
+        assert_eq!(hook_phase(&hook("pre-delete")), Some(HookPhase::Never));
+        assert_eq!(hook_phase(&hook("post-rollback")), Some(HookPhase::Never));
+        assert_eq!(hook_phase(&hook("test")), None);
+        assert_eq!(hook_phase(&serde_json::json!({"metadata": {}})), None);
+    }
 
     #[test]
     fn exact_versions_and_ranges_are_told_apart() {

@@ -12,6 +12,7 @@ use kube::discovery::ApiResource;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::helm::HookPhase;
 use crate::manifests::{Manifest, Origin, group_of};
 
 /// Group, kind: what ApplySet records in `contains-group-kinds`.
@@ -302,6 +303,8 @@ impl Discovery {
 pub enum Stage {
     /// Namespaces and CustomResourceDefinitions (then: wait until CRDs are Established).
     Foundations,
+    /// Helm `pre-install`/`pre-upgrade` hooks, before the chart's other objects.
+    PreHooks,
     /// Cluster-wide configuration and RBAC.
     ClusterConfig,
     /// ServiceAccounts, Secrets, ConfigMaps, PVCs and other configuration a workload reads.
@@ -314,6 +317,17 @@ pub enum Stage {
     Rest,
     /// Admission webhooks and APIServices, last, so they cannot block the objects above.
     Webhooks,
+    /// Helm `post-install`/`post-upgrade` hooks, after everything else.
+    PostHooks,
+}
+
+/// The stage of an object: a Helm hook's phase, else its kind's.
+fn stage_for(object: &Value, key: &ObjectKey) -> Stage {
+    match crate::helm::hook_phase(object) {
+        Some(HookPhase::Before) => Stage::PreHooks,
+        Some(HookPhase::After) => Stage::PostHooks,
+        _ => stage_of(&key.group, &key.kind),
+    }
 }
 
 pub fn stage_of(group: &str, kind: &str) -> Stage {
@@ -389,7 +403,7 @@ impl DeferredObject {
             name: m.name.clone(),
         };
         PlannedObject {
-            stage: stage_of(&key.group, &key.kind),
+            stage: stage_for(&m.object, &key),
             origin: m.origin.clone(),
             resource: ApiResource {
                 group: key.group.clone(),
@@ -613,7 +627,7 @@ fn plan_one(
         });
     }
     plan.objects.push(PlannedObject {
-        stage: stage_of(&key.group, &key.kind),
+        stage: stage_for(&manifest.object, &key),
         key,
         desired: desired_object(&manifest, namespace.as_deref(), &ctx.applyset_id),
         origin: manifest.origin,

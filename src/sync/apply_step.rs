@@ -14,14 +14,16 @@ use crate::health::Health;
 use crate::outcome::Action;
 use crate::plan::{self, DeferredObject, Discovery, ObjectKey, PlanContext, PlannedObject, Stage};
 
-pub const APPLY_ORDER: [Stage; 7] = [
+pub const APPLY_ORDER: [Stage; 9] = [
     Stage::Foundations,
+    Stage::PreHooks,
     Stage::ClusterConfig,
     Stage::Config,
     Stage::Services,
     Stage::Workloads,
     Stage::Rest,
     Stage::Webhooks,
+    Stage::PostHooks,
 ];
 
 /// What the apply stages did, and every object this sync wants in the set.

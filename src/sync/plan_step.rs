@@ -38,8 +38,10 @@ pub async fn load_all(
     };
     let rendered = crate::helm::render(&checkout.dir, chart, &capabilities).await?;
     let keys = &options.target.decryption;
-    let manifests = manifests::parse_file_with_keys(&rendered.origin, &rendered.yaml, keys)
+    let mut manifests = manifests::parse_file_with_keys(&rendered.origin, &rendered.yaml, keys)
         .map_err(SyncError::Manifests)?;
+    // Hooks of delete and rollback only: a sync never deletes or rolls a release back.
+    manifests.retain(|m| crate::helm::hook_phase(&m.object) != Some(crate::helm::HookPhase::Never));
     let chart = (rendered.version.zip(rendered.digest))
         .map(|(version, digest)| ChartVersion { version, digest });
     Ok(Loaded {

@@ -281,3 +281,105 @@ async fn a_chart_from_an_https_repository_resolves_a_range_and_errors_name_their
     let log = controller.log_text();
     assert!(!log.contains(PASSWORD) && !log.contains("not-the-Pw7-password"));
 }
+
+const HOOKS: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .Release.Name }}-migrate
+  annotations:
+    "helm.sh/hook": pre-install,pre-upgrade
+    "helm.sh/hook-delete-policy": before-hook-creation
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: migrate, image: "busybox:{{ .Values.migrateTag }}"}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-announce
+  annotations:
+    "helm.sh/hook": post-install,post-upgrade
+data: {done: "yes"}
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .Release.Name }}-cleanup
+  annotations:
+    "helm.sh/hook": pre-delete
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: cleanup, image: busybox}]
+"#;
+
+/// `kubesync sync --output json` of the chart: the objects in the order they were applied.
+fn sync_order(repo: &Path, ns: &str, tag: &str) -> Vec<String> {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_kubesync"))
+        .args(["sync", "--name", "web", "-n", ns, "--output", "json"])
+        .args([
+            "--helm-chart",
+            "charts/web",
+            "--helm-values",
+            &format!("tags/{tag}.yaml"),
+        ])
+        .arg("--repo")
+        .arg(repo));
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json report");
+    assert_eq!(report["failure"], serde_json::Value::Null, "{out}");
+    (report["objects"].as_array().expect("objects").iter())
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["object"].as_str().unwrap_or_default(),
+                o["result"]["action"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn hooks_of_install_and_upgrade_run_around_the_chart_and_delete_hooks_never() {
+    let ns = TestNamespace::new("helm-hooks").await;
+    let repo = GitRepo::new();
+    helm_create(&repo.work(), "0.1.0");
+    repo.write("charts/web/templates/hooks.yaml", HOOKS);
+    repo.write("tags/one.yaml", "migrateTag: \"1.36\"\n");
+    repo.write("tags/two.yaml", "migrateTag: \"1.37\"\n");
+    repo.commit_and_push("a chart with hooks");
+    let position = |order: &[String], name: &str| {
+        order
+            .iter()
+            .position(|o| o.contains(name))
+            .unwrap_or_else(|| panic!("{name} in {order:?}"))
+    };
+    let order = sync_order(&repo.work(), &ns.name, "one");
+    println!("{order:?}");
+    let (migrate, announce) = (
+        position(&order, "job.batch/web-migrate"),
+        position(&order, "configmap/web-announce"),
+    );
+    let deployment = position(&order, "deployment.apps/web");
+    assert_eq!(migrate, 0, "the pre-install hook goes first: {order:?}");
+    assert_eq!(
+        announce,
+        order.len() - 1,
+        "the post-install hook goes last: {order:?}"
+    );
+    assert!(migrate < deployment && deployment < announce);
+    assert!(
+        !order.iter().any(|o| o.contains("web-cleanup")),
+        "a pre-delete hook is never applied"
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(jobs.get_opt("web-cleanup").await.expect("get").is_none());
+    // The hook changed (before-hook-creation): the Job is re-created, and still goes first.
+    let order = sync_order(&repo.work(), &ns.name, "two");
+    assert!(
+        order[0].starts_with("job.batch/web-migrate") && order[0].ends_with("recreated"),
+        "{order:?}"
+    );
+}
