@@ -660,10 +660,17 @@ fn confined(
     })
 }
 
-/// Refuses a manifest that sets an `applyset.kubernetes.io/…` label itself.
+/// Refuses a manifest that sets an `applyset.kubernetes.io/…` label itself, but for
+/// `is-parent-type` on a CustomResourceDefinition, which KEP-3659 has the CRD's author set (the
+/// GitSync CRD carries it).
 fn no_applyset_label(manifest: &Manifest) -> Result<(), PlanError> {
     let labels = manifest.object["metadata"]["labels"].as_object();
-    let set = labels.and_then(|l| l.keys().find(|k| k.starts_with("applyset.kubernetes.io/")));
+    let is_crd = manifest.kind == "CustomResourceDefinition";
+    let allowed = |k: &str| is_crd && k == "applyset.kubernetes.io/is-parent-type";
+    let set = labels.and_then(|l| {
+        l.keys()
+            .find(|k| k.starts_with("applyset.kubernetes.io/") && !allowed(k))
+    });
     match set {
         None => Ok(()),
         Some(label) => Err(PlanError::ApplySetLabel {
@@ -1013,6 +1020,22 @@ mod tests {
             messages[1]
         );
         assert_eq!(plan.objects.len(), 1);
+    }
+
+    #[test]
+    fn a_crd_may_declare_its_kind_an_applyset_parent_type() {
+        let plan = plan(
+            manifests(
+                "crds.yaml",
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gitsyncs.kubesync.dev\n  labels: {applyset.kubernetes.io/is-parent-type: \"true\"}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels: {applyset.kubernetes.io/is-parent-type: \"true\"}\n",
+            ),
+            &discovery(),
+            &ctx(),
+        );
+        let messages: Vec<String> = plan.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages[0].contains("ConfigMap"), "{}", messages[0]);
+        assert_eq!(plan.objects[0].key.kind, "CustomResourceDefinition");
     }
 
     fn discovery_with_secrets() -> Discovery {

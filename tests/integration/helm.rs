@@ -37,14 +37,31 @@ fn helm_create(dir: &Path, version: &str) {
 
 /// `kubesync render` of the chart equals `helm template` of it, object for object.
 fn assert_render_equals_helm_template(repo: &Path, namespace: &str, values: &[&str]) {
+    assert_chart_renders_as_helm(repo, "charts/web", "web", namespace, values);
+}
+
+fn assert_chart_renders_as_helm(
+    repo: &Path,
+    chart: &str,
+    release: &str,
+    namespace: &str,
+    values: &[&str],
+) {
     let mut ours = Command::new(env!("CARGO_BIN_EXE_kubesync"));
-    ours.args(["render", "--show-secrets", "--name", "web", "-n", namespace])
-        .args(["--helm-chart", "charts/web"])
-        .arg("--repo")
-        .arg(repo);
+    ours.args([
+        "render",
+        "--show-secrets",
+        "--name",
+        release,
+        "-n",
+        namespace,
+    ])
+    .args(["--helm-chart", chart])
+    .arg("--repo")
+    .arg(repo);
     let mut theirs = Command::new("helm");
     theirs
-        .args(["template", "web", "charts/web", "--namespace", namespace])
+        .args(["template", release, chart, "--namespace", namespace])
         .args(["--include-crds", "--skip-tests"])
         .current_dir(repo);
     for file in values {
@@ -53,14 +70,14 @@ fn assert_render_equals_helm_template(repo: &Path, namespace: &str, values: &[&s
     }
     let ours = objects(&run(&mut ours), namespace);
     let theirs = objects(&run(&mut theirs), namespace);
-    assert!(theirs.len() >= 2, "helm rendered the scaffold: {theirs:?}");
+    assert!(theirs.len() >= 2, "helm rendered {chart}: {theirs:?}");
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>(),
-        "{values:?}: the same objects"
+        "{chart} {values:?}: the same objects"
     );
     for (key, theirs) in &theirs {
-        assert_eq!(&ours[key], theirs, "{values:?}: {key}");
+        assert_eq!(&ours[key], theirs, "{chart} {values:?}: {key}");
     }
 }
 
@@ -381,5 +398,61 @@ async fn hooks_of_install_and_upgrade_run_around_the_chart_and_delete_hooks_neve
     assert!(
         order[0].starts_with("job.batch/web-migrate") && order[0].ends_with("recreated"),
         "{order:?}"
+    );
+}
+
+/// kubesync's own chart, from Git, through a GitSync: it renders as `helm template` does,
+/// applies with its RBAC and the controller Deployment becomes healthy.
+#[tokio::test]
+async fn kubesyncs_own_chart_installs_through_a_gitsync() {
+    let ns = TestNamespace::new("helm-self").await;
+    install_crd(&ns.client).await;
+    let release = format!("ks{}", &ns.name[ns.name.len() - 4..]);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let selector = format!("app.kubernetes.io/instance={}", self.0);
+            let _ = Command::new("kubectl")
+                .args(["delete", "clusterrole,clusterrolebinding", "-l", &selector])
+                .output();
+        }
+    }
+    let _cleanup = Cleanup(release.clone());
+    let repo = GitRepo::new();
+    let chart = crate::support::repo_root().join("charts/kubesync");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(&chart)
+        .arg(repo.work().join("kubesync")));
+    repo.write("values/home.yaml", "image:\n  repository: kubesync\n  tag: test\nsharding:\n  enabled: true\nreplicaCount: 2\n");
+    let first = repo.commit_and_push("kubesync's chart");
+    assert_chart_renders_as_helm(
+        &repo.work(),
+        "kubesync",
+        &release,
+        &ns.name,
+        &["values/home.yaml"],
+    );
+    let daemon = GitDaemon::start(repo.root.path());
+    let _controller = ControllerProcess::start(&ns.name, &[]);
+    let spec = json!({
+        "url": daemon.url(), "interval": "1h", "wait": true, "timeout": "60s",
+        "helm": {"chart": "kubesync", "releaseName": release, "includeCRDs": false,
+                 "valuesFiles": ["values/home.yaml"]},
+    });
+    let api = create_gitsync(&ns, "kubesync", spec).await;
+    wait_for_revision(&api, "kubesync", &first, Duration::from_secs(90)).await;
+    outcome(&api, "kubesync").await.expect("Ready and healthy");
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let deployment = deployments
+        .get(&format!("{release}-kubesync"))
+        .await
+        .expect("the controller's Deployment");
+    let args = (deployment.spec.and_then(|s| s.template.spec))
+        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        args.contains(&"--shards=2".to_string()),
+        "values from Git: {args:?}"
     );
 }
