@@ -456,3 +456,76 @@ async fn kubesyncs_own_chart_installs_through_a_gitsync() {
         "values from Git: {args:?}"
     );
 }
+
+#[tokio::test]
+async fn a_chart_from_an_oci_registry_with_credentials_resolves_a_range() {
+    let ns = TestNamespace::new("helm-oci").await;
+    install_crd(&ns.client).await;
+    let registry = crate::support::servers::start_registry();
+    let ca = registry.dir.path().join("ca.pem");
+    let oci = format!("oci://127.0.0.1:{}/charts", registry.port);
+    let build = tempfile::tempdir().expect("tempdir");
+    for version in ["0.1.0", "0.1.3", "0.2.0"] {
+        let dir = build.path().join(version);
+        helm_create(&dir, version);
+        run(Command::new("helm")
+            .args(["package", "charts/web", "--destination", "."])
+            .current_dir(&dir));
+        run(Command::new("helm")
+            .args(["push", &format!("web-{version}.tgz"), &oci])
+            .args(["--username", USER, "--password", PASSWORD])
+            .arg("--ca-file")
+            .arg(&ca)
+            .env("HELM_REGISTRY_CONFIG", build.path().join("registry.json"))
+            .current_dir(&dir));
+    }
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let ca_text = std::fs::read_to_string(&ca).expect("ca");
+    for (name, password) in [("registry", PASSWORD), ("wrong", "not-the-Pw8-password")] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"username": USER, "password": password, "ca.crt": ca_text},
+        }))
+        .expect("Secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("Secret");
+    }
+    let repo = GitRepo::new();
+    repo.write("values.yaml", "replicaCount: 1\n");
+    let first = repo.commit_and_push("values");
+    let daemon = GitDaemon::start(repo.root.path());
+    let controller = ControllerProcess::start(&ns.name, &[]);
+    let spec = |secret: &str| {
+        json!({"url": daemon.url(), "interval": "1h",
+               "helm": {"repoURL": oci, "chart": "web", "version": "~0.1.0",
+                        "valuesFiles": ["values.yaml"], "secretRef": {"name": secret}}})
+    };
+    let api = create_gitsync(&ns, "web", spec("registry")).await;
+    wait_for_revision(&api, "web", &first, Duration::from_secs(90)).await;
+    let chart = (api.get("web").await.expect("get").status)
+        .and_then(|s| s.helm_chart)
+        .expect("status.helmChart");
+    assert_eq!(
+        chart.version, "0.1.3",
+        "~0.1.0 resolves to the newest 0.1.x tag"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let labels = (deployments.get("web").await.expect("web").metadata.labels).unwrap_or_default();
+    assert_eq!(
+        labels.get("helm.sh/chart").map(String::as_str),
+        Some("web-0.1.3")
+    );
+
+    let wrong = create_gitsync(&ns, "wrong", spec("wrong")).await;
+    let error = outcome(&wrong, "wrong")
+        .await
+        .expect_err("a wrong password fails");
+    assert!(
+        error.contains("helm pull failed") && error.contains(&oci),
+        "{error}"
+    );
+    assert!(!error.contains("not-the-Pw8-password"), "{error}");
+    assert!(!controller.log_text().contains(PASSWORD));
+}

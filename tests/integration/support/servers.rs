@@ -145,6 +145,34 @@ auth.require = ("/charts/" => ("method" => "basic", "realm" => "charts", "requir
     server
 }
 
+/// The CNCF distribution registry (the testbed's build) over HTTPS (the CA in `dir/ca.pem`),
+/// with basic auth (`USER`, `PASSWORD`): an OCI registry for Helm charts.
+pub fn start_registry() -> Lighttpd {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_certificates(d);
+    let hash = bcrypt::hash(PASSWORD, 4).expect("bcrypt");
+    std::fs::write(d.join("htpasswd"), format!("{USER}:{hash}\n")).expect("htpasswd");
+    let port = free_port();
+    let config = format!(
+        "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {d}/data}}}}\n\
+         http: {{addr: \"127.0.0.1:{port}\", tls: {{certificate: {d}/server.pem, key: {d}/server.key}}}}\n\
+         auth: {{htpasswd: {{realm: registry, path: {d}/htpasswd}}}}\n",
+        d = d.display(),
+    );
+    std::fs::write(d.join("config.yml"), config).expect("config");
+    let child = Command::new("registry")
+        .arg("serve")
+        .arg(d.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("registry.log")).expect("log"))
+        .spawn()
+        .expect("registry starts (tests/testbed/build registry, the testbed's PATH)");
+    let mut server = Lighttpd { child, port, dir };
+    crate::support::wait_for_listener(&mut server.child, port, "registry");
+    server
+}
+
 /// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
 fn make_certificates(dir: &Path) {
     openssl(
