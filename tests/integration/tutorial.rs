@@ -541,3 +541,29 @@ fn section_14_gitsyncs_match_in_both_languages_and_are_valid() {
     assert_eq!(syncs[1].spec.depends_on[0].name, "infra");
     assert_eq!(syncs[0].metadata.name.as_deref(), Some("infra"));
 }
+
+/// Section 15's snippets are the same in English and Japanese; the values file is a YAML
+/// mapping and the GitSync a valid spec that renders a repository chart with it.
+#[test]
+fn section_15_helm_chart_matches_in_both_languages_and_is_valid() {
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).expect("doc");
+    let en = section_blocks(&read("docs/tutorial-homelab.md"), "## 15.");
+    let ja = section_blocks(&read("docs/ja/tutorial-homelab.md"), "## 15.");
+    assert_eq!(en, ja, "section 15's snippets differ between en and ja");
+    let values: Value = serde_saphyr::from_str(&en[0].1).expect("values YAML");
+    assert_eq!(values["crds"]["enabled"], true);
+    let yaml = (en[1].1.split("<<'YAML'\n").nth(1))
+        .and_then(|r| r.split("\nYAML").next())
+        .expect("a heredoc");
+    let value: Value = serde_saphyr::from_str(yaml).expect("YAML");
+    let sync: GitSync = serde_json::from_value(value).expect("a GitSync");
+    assert!(sync.spec.validate().is_ok());
+    let helm = sync.spec.helm.expect("spec.helm");
+    assert_eq!(helm.values_files, ["infra/cert-manager-values.yaml"]);
+    assert!(en[0].1.starts_with(&format!("# {}", helm.values_files[0])));
+    assert!(helm.repo_url.is_some_and(|u| u.starts_with("https://")));
+    assert!(
+        en[1].1.contains("status.helmChart.version")
+            || en[1].1.contains(".status.helmChart.version")
+    );
+}
