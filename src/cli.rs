@@ -595,6 +595,7 @@ impl SourceArgs {
             namespace: namespace.into(),
             values: None,
             values_files: self.helm_values.clone(),
+            values_from: Vec::new(),
             include_crds: true,
             skip_tests: true,
             credentials: RepoCredentials {

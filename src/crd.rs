@@ -140,7 +140,11 @@ pub struct HelmSpec {
     /// Values files of the Git repository, in order (later ones win).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values_files: Vec<String>,
-    /// Values, applied after the files.
+    /// Values from Secrets and ConfigMaps of the GitSync's namespace, in order, applied after
+    /// the files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesReference>,
+    /// Values, applied last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub values: Option<serde_json::Value>,
@@ -153,6 +157,26 @@ pub struct HelmSpec {
     /// Secret with `username` and `password`, and/or `ca.crt`, for the repository or registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+}
+
+/// A key of a Secret or ConfigMap holding Helm values (YAML).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValuesReference {
+    pub kind: ValuesKind,
+    pub name: String,
+    /// Default: `values.yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_key: Option<String>,
+    /// A missing object or key is skipped instead of failing the sync.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ValuesKind {
+    Secret,
+    ConfigMap,
 }
 
 /// An object of any fields (Helm values).

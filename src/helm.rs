@@ -87,6 +87,9 @@ pub struct HelmOptions {
     pub values: Option<serde_json::Value>,
     /// Values files in the checkout, in order.
     pub values_files: Vec<String>,
+    /// Values files from outside the checkout (the controller's copies of `valuesFrom`), after
+    /// the checkout's.
+    pub values_from: Vec<PathBuf>,
     pub include_crds: bool,
     pub skip_tests: bool,
     pub credentials: RepoCredentials,
@@ -314,6 +317,7 @@ fn values_files(
         }
         files.push(full);
     }
+    files.extend(options.values_from.iter().cloned());
     if let Some(values) = &options.values {
         let inline = scratch.join("inline-values.json");
         std::fs::write(&inline, values.to_string()).map_err(|e| HelmError::Scratch {

@@ -2,11 +2,11 @@
 //! libgit2, and the client of its ServiceAccount. Secret values never reach a message.
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
 use super::context::Context;
-use crate::crd::GitSync;
+use crate::crd::{GitSync, ValuesKind};
 use crate::sops::Keys;
 use crate::source::Auth;
 use crate::sync::Clients;
@@ -56,6 +56,27 @@ pub enum CredentialsError {
         name: String,
         key: String,
         problem: Box<super::remote::KubeconfigProblem>,
+    },
+    #[error("reading ConfigMap {namespace}/{name}: {}", crate::kube_ext::kube_message(.source))]
+    ReadConfigMap {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{kind} {namespace}/{name} (spec.helm.valuesFrom) has no key {key}")]
+    NoValuesKey {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("{kind} {namespace}/{name}: key {key} (spec.helm.valuesFrom) is not a YAML mapping")]
+    BadValues {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
     },
     #[error("building a client for {user}: {source}")]
     Client {
@@ -235,6 +256,95 @@ pub async fn helm_credentials(
         credentials.ca_file = Some(write_private(&dir, "helm-ca.crt", &ca)?);
     }
     Ok(credentials)
+}
+
+/// `spec.helm.valuesFrom`, each written to a private file under `work_dir` for helm, in order.
+/// A missing object or key fails the sync unless marked optional; its content is never in a
+/// message.
+pub async fn helm_values_from(
+    ctx: &Context,
+    sync: &GitSync,
+    work_dir: &Path,
+) -> Result<Vec<PathBuf>, CredentialsError> {
+    let Some(helm) = &sync.spec.helm else {
+        return Ok(Vec::new());
+    };
+    let namespace = sync.namespace().unwrap_or_default();
+    let dir = work_dir.join("credentials");
+    let mut files = Vec::new();
+    for (i, reference) in helm.values_from.iter().enumerate() {
+        let key = reference.values_key.as_deref().unwrap_or("values.yaml");
+        let (kind, text) = match reference.kind {
+            ValuesKind::Secret => (
+                "Secret",
+                secret_values(ctx, &namespace, &reference.name, key).await,
+            ),
+            ValuesKind::ConfigMap => (
+                "ConfigMap",
+                config_map_values(ctx, &namespace, &reference.name, key).await,
+            ),
+        };
+        let Some(text) = text? else {
+            if reference.optional {
+                continue;
+            }
+            return Err(CredentialsError::NoValuesKey {
+                kind,
+                namespace: namespace.clone(),
+                name: reference.name.clone(),
+                key: key.into(),
+            });
+        };
+        let parsed: Result<serde_json::Value, _> = serde_saphyr::from_str(&text);
+        if !matches!(
+            parsed,
+            Ok(serde_json::Value::Object(_) | serde_json::Value::Null)
+        ) {
+            return Err(CredentialsError::BadValues {
+                kind,
+                namespace: namespace.clone(),
+                name: reference.name.clone(),
+                key: key.into(),
+            });
+        }
+        files.push(write_private(
+            &dir,
+            &format!("helm-values-{i}.yaml"),
+            &text,
+        )?);
+    }
+    Ok(files)
+}
+
+/// A Secret's key as text; None when the Secret or the key does not exist.
+async fn secret_values(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, CredentialsError> {
+    match SecretData::read(ctx, namespace, name).await {
+        Ok(secret) => secret.text(key),
+        Err(CredentialsError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A ConfigMap's key; None when the ConfigMap or the key does not exist.
+async fn config_map_values(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, CredentialsError> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let found =
+        (config_maps.get_opt(name).await).map_err(|source| CredentialsError::ReadConfigMap {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
+    Ok(found.and_then(|c| c.data?.get(key).cloned()))
 }
 
 /// The data of a Secret, with its name for messages.

@@ -5,7 +5,9 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::context::Context;
-use super::credentials::{CredentialsError, age_keys, clients, git_auth, helm_credentials};
+use super::credentials::{
+    CredentialsError, age_keys, clients, git_auth, helm_credentials, helm_values_from,
+};
 use crate::applyset::Parent;
 use crate::crd::GitSync;
 use crate::kustomize::KustomizeOptions;
@@ -53,6 +55,7 @@ pub async fn with_secrets(
     options.target.decryption = age_keys(ctx, sync).await?;
     if let Some(helm) = options.target.helm.as_mut() {
         helm.credentials = helm_credentials(ctx, sync, &work_dir(ctx, sync)).await?;
+        helm.values_from = helm_values_from(ctx, sync, &work_dir(ctx, sync)).await?;
     }
     Ok(())
 }
@@ -140,6 +143,7 @@ fn helm_options(
         namespace: namespace.into(),
         values: spec.values.clone(),
         values_files: spec.values_files.clone(),
+        values_from: Vec::new(),
         include_crds: spec.include_crds,
         skip_tests: spec.skip_tests,
         credentials: Default::default(),

@@ -529,3 +529,85 @@ async fn a_chart_from_an_oci_registry_with_credentials_resolves_a_range() {
     assert!(!error.contains("not-the-Pw8-password"), "{error}");
     assert!(!controller.log_text().contains(PASSWORD));
 }
+
+/// `valuesFrom`: values files from Git, then a Secret's and a ConfigMap's keys in order, then
+/// the inline values; a missing optional one is skipped, a missing required one fails the sync
+/// naming it, and a Secret's values never reach the status.
+#[tokio::test]
+async fn values_from_secrets_and_config_maps_apply_in_order() {
+    let ns = TestNamespace::new("helm-vf").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    helm_create(&repo.work(), "0.1.0");
+    repo.write("values.yaml", "replicaCount: 2\n");
+    let first = repo.commit_and_push("chart");
+    kubectl_apply_in(
+        &ns.name,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: web-values}\nstringData:\n  values.yaml: |\n    replicaCount: 3\n    podAnnotations: {token: vf-Secret9-never-shown}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-extra}\ndata:\n  extra.yaml: |\n    replicaCount: 4\n",
+    );
+    let daemon = GitDaemon::start(repo.root.path());
+    let _controller = ControllerProcess::start(&ns.name, &[]);
+    let helm = |values_from: serde_json::Value| {
+        json!({"url": daemon.url(), "interval": "1h",
+               "helm": {"chart": "charts/web", "valuesFiles": ["values.yaml"],
+                        "valuesFrom": values_from, "values": {"service": {"port": 81}}}})
+    };
+    let api = create_gitsync(
+        &ns,
+        "web",
+        helm(json!([
+            {"kind": "Secret", "name": "web-values"},
+            {"kind": "ConfigMap", "name": "web-extra", "valuesKey": "extra.yaml"},
+            {"kind": "ConfigMap", "name": "not-there", "optional": true},
+        ])),
+    )
+    .await;
+    wait_for_revision(&api, "web", &first, Duration::from_secs(60)).await;
+    assert_eq!(
+        replicas(&ns).await,
+        Some(4),
+        "the ConfigMap comes after the Secret and the file"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let annotations = (deployments.get("web").await.expect("web").spec)
+        .and_then(|s| s.template.metadata?.annotations)
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get("token").map(String::as_str),
+        Some("vf-Secret9-never-shown")
+    );
+    let services: Api<Service> = Api::namespaced(ns.client.clone(), &ns.name);
+    let port = services
+        .get("web")
+        .await
+        .expect("svc")
+        .spec
+        .expect("spec")
+        .ports
+        .expect("ports")[0]
+        .port;
+    assert_eq!(port, 81, "inline values come last");
+
+    let missing = create_gitsync(
+        &ns,
+        "missing",
+        helm(json!([{"kind": "Secret", "name": "absent"}])),
+    )
+    .await;
+    let error = outcome(&missing, "missing")
+        .await
+        .expect_err("a required Secret is missing");
+    assert!(
+        error.contains(&format!("Secret {}/absent (spec.helm.valuesFrom)", ns.name)),
+        "{error}"
+    );
+    let status = serde_json::to_string(&api.get("web").await.expect("get").status).expect("json");
+    assert!(!status.contains("vf-Secret9-never-shown"));
+}
+
+fn kubectl_apply_in(namespace: &str, yaml: &str) {
+    crate::support::run_with_input(
+        Command::new("kubectl").args(["apply", "-n", namespace, "-f", "-"]),
+        yaml,
+    );
+}
