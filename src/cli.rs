@@ -598,6 +598,7 @@ impl SourceArgs {
             values_from: Vec::new(),
             include_crds: true,
             skip_tests: true,
+            post_render: None,
             credentials: RepoCredentials {
                 username: self.helm_username.clone(),
                 password: read_secret(self.helm_password_file.as_ref(), "Helm password")?,

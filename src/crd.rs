@@ -157,6 +157,29 @@ pub struct HelmSpec {
     /// Secret with `username` and `password`, and/or `ca.crt`, for the repository or registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+    /// Kustomize over the chart's output ("helm + patches"), run by the same kustomize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_render: Option<PostRender>,
+}
+
+/// What Kustomize changes in a chart's output: its `patches` (inline: `patch` and `target`)
+/// and `images` entries, as in a kustomization file.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct PostRender {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
+    pub patches: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
+    pub images: Vec<serde_json::Value>,
+}
+
+/// A list of objects of any fields (Kustomize entries).
+fn any_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
 }
 
 /// A key of a Secret or ConfigMap holding Helm values (YAML).

@@ -12,6 +12,8 @@ use crate::subprocess::{self, Ended, Limits};
 /// Largest render accepted (the manifests stage's total limit).
 const MAX_OUTPUT_BYTES: u64 = crate::manifests::MAX_TOTAL_BYTES;
 const MAX_STDERR_BYTES: u64 = 64 * 1024;
+/// Largest chart archive accepted from a repository or registry.
+const MAX_CHART_BYTES: u64 = 32 * 1024 * 1024;
 /// Address-space limit of the subprocess (Go reserves more than it touches).
 const MEMORY_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 
@@ -92,12 +94,23 @@ pub struct HelmOptions {
     pub values_from: Vec<PathBuf>,
     pub include_crds: bool,
     pub skip_tests: bool,
+    /// Kustomize `patches` and `images` over the output (`{"patches": […], "images": […]}`).
+    pub post_render: Option<serde_json::Value>,
     pub credentials: RepoCredentials,
     /// The `helm` executable. None: the one beside kubesync's own, then `helm` on PATH.
     pub binary: Option<PathBuf>,
     pub timeout: Duration,
     /// Where pulled charts and helm's scratch directories are kept.
     pub cache_dir: PathBuf,
+}
+
+impl HelmOptions {
+    /// A fresh scratch directory under the cache, for a post-render.
+    pub fn scratch_path(&self, what: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.cache_dir).join(format!("{what}-{}-{n}", std::process::id()))
+    }
 }
 
 /// The target cluster as `.Capabilities` shows it.
@@ -256,9 +269,7 @@ impl Drop for Scratch {
 }
 
 fn scratch_dir(options: &HelmOptions, origin: &str) -> Result<Scratch, HelmError> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = (options.cache_dir).join(format!("helm-run-{}-{n}", std::process::id()));
+    let path = options.scratch_path("helm-run");
     std::fs::create_dir_all(&path).map_err(|e| HelmError::Scratch {
         origin: origin.into(),
         message: format!("creating {}: {e}", path.display()),
@@ -382,6 +393,13 @@ async fn pull(options: &HelmOptions, scratch: &Path, origin: &str) -> Result<Pul
             origin: origin.into(),
             message: "helm pull wrote no chart archive".into(),
         })?;
+    let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_CHART_BYTES {
+        return Err(HelmError::Pull {
+            origin: origin.into(),
+            message: format!("the chart archive is {size} bytes, more than {MAX_CHART_BYTES}"),
+        });
+    }
     let file_name = archive
         .file_name()
         .unwrap_or_default()

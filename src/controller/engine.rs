@@ -146,6 +146,8 @@ fn helm_options(
         values_from: Vec::new(),
         include_crds: spec.include_crds,
         skip_tests: spec.skip_tests,
+        post_render: (spec.post_render.as_ref())
+            .map(|p| serde_json::json!({"patches": p.patches, "images": p.images})),
         credentials: Default::default(),
         binary: ctx.config.helm_binary.clone(),
         timeout,

@@ -11,5 +11,5 @@ mod unseal;
 
 pub use error::RenderError;
 pub use options::{KustomizeMode, KustomizeOptions, kustomization_file};
-pub use run::{Rendered, render};
+pub use run::{Rendered, post_render, render};
 pub use sandbox::check;

@@ -75,6 +75,44 @@ pub async fn render(
     })
 }
 
+/// Kustomize over rendered YAML (a Helm chart's): `patches` and `images` of `fragment` applied
+/// to `yaml` by a kustomization written next to it in a scratch directory under `scratch`.
+/// Patches must be inline (a `path` would name a file of the scratch directory only).
+pub async fn post_render(
+    yaml: &[u8],
+    fragment: &serde_json::Value,
+    scratch: &Path,
+    origin: &str,
+    options: &KustomizeOptions,
+) -> Result<Vec<u8>, RenderError> {
+    let file = format!("{origin} (postRender)");
+    let io = |e: std::io::Error| RenderError::Unreadable {
+        file: file.clone(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(scratch).map_err(io)?;
+    let mut kustomization = serde_json::json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["rendered.yaml"],
+    });
+    for field in ["patches", "images"] {
+        if let Some(value) = fragment.get(field).filter(|v| !v.is_null()) {
+            kustomization[field] = value.clone();
+        }
+    }
+    std::fs::write(scratch.join("rendered.yaml"), yaml).map_err(io)?;
+    // JSON is YAML: kustomize reads it as its kustomization file.
+    std::fs::write(
+        scratch.join("kustomization.yaml"),
+        kustomization.to_string(),
+    )
+    .map_err(io)?;
+    let result = build(scratch, ".", &file, options).await;
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
 async fn build(
     root: &Path,
     dir: &str,

@@ -36,7 +36,19 @@ pub async fn load_all(
         kube_version,
         api_versions: discovery.api_versions(),
     };
-    let rendered = crate::helm::render(&checkout.dir, chart, &capabilities).await?;
+    let mut rendered = crate::helm::render(&checkout.dir, chart, &capabilities).await?;
+    if let Some(fragment) = &chart.post_render {
+        let scratch = chart.scratch_path("post-render");
+        rendered.yaml = (kustomize::post_render(
+            &rendered.yaml,
+            fragment,
+            &scratch,
+            &rendered.origin,
+            &options.target.kustomize,
+        )
+        .await)
+            .map_err(|e| SyncError::Renders(vec![e]))?;
+    }
     let keys = &options.target.decryption;
     let mut manifests = manifests::parse_file_with_keys(&rendered.origin, &rendered.yaml, keys)
         .map_err(SyncError::Manifests)?;

@@ -611,3 +611,51 @@ fn kubectl_apply_in(namespace: &str, yaml: &str) {
         yaml,
     );
 }
+
+/// `postRender`: Kustomize patches and images over the chart's output (the real pinned
+/// kustomize); a broken patch fails in the render step naming the chart.
+#[tokio::test]
+async fn a_chart_is_patched_by_kustomize_after_rendering() {
+    let ns = TestNamespace::new("helm-post").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    helm_create(&repo.work(), "0.1.0");
+    let first = repo.commit_and_push("chart");
+    let daemon = GitDaemon::start(repo.root.path());
+    let _controller = ControllerProcess::start(&ns.name, &[]);
+    let spec = |patch: &str| {
+        json!({"url": daemon.url(), "interval": "1h",
+               "helm": {"chart": "charts/web", "postRender": {
+                   "patches": [{"target": {"kind": "Deployment"}, "patch": patch}],
+                   "images": [{"name": "nginx", "newTag": "1.27"}]}}})
+    };
+    let patch = "- op: add\n  path: /spec/template/spec/nodeSelector\n  value: {kubernetes.io/hostname: nuc}\n";
+    let api = create_gitsync(&ns, "web", spec(patch)).await;
+    wait_for_revision(&api, "web", &first, Duration::from_secs(60)).await;
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let pod = (deployments.get("web").await.expect("web").spec)
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    assert_eq!(
+        pod.node_selector
+            .unwrap_or_default()
+            .get("kubernetes.io/hostname")
+            .map(String::as_str),
+        Some("nuc"),
+        "the patch applies"
+    );
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("nginx:1.27"),
+        "the image is set"
+    );
+
+    let broken = create_gitsync(&ns, "broken", spec("- op: explode\n  path: /spec\n")).await;
+    let error = outcome(&broken, "broken")
+        .await
+        .expect_err("a broken patch fails");
+    assert!(
+        error.contains("helm chart charts/web (postRender)"),
+        "{error}"
+    );
+}
