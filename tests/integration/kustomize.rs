@@ -580,8 +580,12 @@ async fn the_controller_renders_once_per_revision() {
         (replicas == Some(2)).then_some(())
     })
     .await;
+    // The repair is counted just after its apply returns: wait for the count, not only the object.
     let repairs = format!("kubesync_drift_repairs_total{{sync=\"{}/home\"}}", ns.name);
-    assert!(controller.metric(&repairs) >= 1.0);
+    eventually(Duration::from_secs(10), "the repair is counted", || async {
+        (controller.metric(&repairs) >= 1.0).then_some(())
+    })
+    .await;
     assert_eq!(
         renders(&controller, &ns.name, "home"),
         1.0,
