@@ -239,8 +239,73 @@ async fn a_chart_from_an_https_repository_resolves_a_range_and_errors_name_their
         Some("web-0.1.5")
     );
 
+    // The CLI renders the same chart as `helm template --repo` does, with the same credentials.
+    let password_file = build.path().join("password");
+    std::fs::write(&password_file, PASSWORD).expect("password file");
+    let ca_file = server.dir.path().join("ca.pem");
+    let ours = run(Command::new(env!("CARGO_BIN_EXE_kubesync"))
+        .args([
+            "render",
+            "--name",
+            "web",
+            "-n",
+            &ns.name,
+            "--helm-chart",
+            "web",
+        ])
+        .args([
+            "--helm-repo",
+            &url,
+            "--helm-version",
+            "~0.1.0",
+            "--helm-values",
+            "values.yaml",
+        ])
+        .args(["--helm-username", USER])
+        .arg("--helm-password-file")
+        .arg(&password_file)
+        .arg("--helm-ca-file")
+        .arg(&ca_file)
+        .arg("--repo")
+        .arg(repo.work()));
+    let theirs = run(Command::new("helm")
+        .args([
+            "template",
+            "web",
+            "web",
+            "--repo",
+            &url,
+            "--version",
+            "~0.1.0",
+        ])
+        .args([
+            "--namespace",
+            &ns.name,
+            "--include-crds",
+            "--skip-tests",
+            "--values",
+            "values.yaml",
+        ])
+        .args(["--username", USER, "--password", PASSWORD])
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .env("HELM_CACHE_HOME", build.path().join("helm-cache"))
+        .env("HELM_CONFIG_HOME", build.path().join("helm-config"))
+        .current_dir(repo.work()));
+    assert_eq!(
+        objects(&ours, &ns.name),
+        objects(&theirs, &ns.name),
+        "render equals helm template --repo"
+    );
+
     // Each error names its source and fails before anything is applied.
     let cases = [
+        (
+            "unreachable",
+            json!({"url": daemon.url(), "interval": "1h",
+                   "helm": {"repoURL": "https://127.0.0.1:9/charts", "chart": "web"}}),
+            vec!["helm pull failed", "web of https://127.0.0.1:9/charts"],
+        ),
         (
             "wrong-password",
             remote("wrong", "~0.1.0"),
@@ -657,5 +722,44 @@ async fn a_chart_is_patched_by_kustomize_after_rendering() {
     assert!(
         error.contains("helm chart charts/web (postRender)"),
         "{error}"
+    );
+}
+
+/// `.Capabilities` are the target cluster's: its version and the APIs its discovery serves
+/// (here the GitSync CRD, which helm's defaults do not know).
+#[tokio::test]
+async fn capabilities_come_from_the_target_cluster() {
+    let ns = TestNamespace::new("helm-caps").await;
+    install_crd(&ns.client).await;
+    let repo = GitRepo::new();
+    repo.write(
+        "caps/Chart.yaml",
+        "apiVersion: v2\nname: caps\nversion: 0.1.0\n",
+    );
+    repo.write(
+        "caps/templates/caps.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caps}\ndata:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n  gitsyncs: {{ .Capabilities.APIVersions.Has \"kubesync.dev/v1alpha1/GitSync\" | quote }}\n",
+    );
+    repo.commit_and_push("caps");
+    let out = run(Command::new(env!("CARGO_BIN_EXE_kubesync"))
+        .args([
+            "render",
+            "--name",
+            "caps",
+            "-n",
+            &ns.name,
+            "--helm-chart",
+            "caps",
+            "--repo",
+        ])
+        .arg(repo.work()));
+    let rendered = objects(&out, &ns.name);
+    let data = &rendered[&format!("v1 ConfigMap {}/caps", ns.name)]["data"];
+    let server = run(Command::new("kubectl").args(["version", "-o", "json"]));
+    let server: serde_json::Value = serde_json::from_str(&server).expect("json");
+    assert_eq!(data["kube"], server["serverVersion"]["gitVersion"], "{out}");
+    assert_eq!(
+        data["gitsyncs"], "true",
+        "the cluster's CRDs are in APIVersions: {out}"
     );
 }
