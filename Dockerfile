@@ -7,21 +7,30 @@
 # binary it just compiled and passes it as the named build context "rootfs" (buildah
 # --build-context rootfs=DIR), which replaces the stage below.
 #
-# kustomize, pinned (the same version as tests/testbed/versions; .ci/image checks), is built from
-# its Go module as a static binary and placed beside kubesync, which runs it for kustomizations.
+# kustomize and helm, pinned (the same versions as tests/testbed/versions; .ci/image checks), are
+# built from their Go modules as static binaries and placed beside kubesync, which runs them for
+# kustomizations and Helm charts.
 FROM docker.io/library/golang:1.26-bookworm AS kustomize
 ARG KUSTOMIZE_VERSION=v5.8.2
 RUN CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w" \
       sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}
 
+# helm, pinned the same way (tests/testbed/versions), for GitSyncs with spec.helm.
+FROM docker.io/library/golang:1.26-bookworm AS helm
+ARG HELM_VERSION=v4.3.1
+RUN CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" \
+      helm.sh/helm/v4/cmd/helm@${HELM_VERSION}
+
 FROM docker.io/library/rust:1.95-bookworm AS rootfs
 WORKDIR /src
 COPY . .
 COPY --from=kustomize /go/bin/kustomize /usr/local/bin/kustomize
+COPY --from=helm /go/bin/helm /usr/local/bin/helm
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
       cargo build --release --locked --target x86_64-unknown-linux-gnu \
  && sh packaging/rootfs.sh target/x86_64-unknown-linux-gnu/release/kubesync \
-      /usr/local/bin/kustomize /rootfs
+      /usr/local/bin/kustomize /usr/local/bin/helm /rootfs
 
 FROM scratch
 COPY --from=rootfs /rootfs/ /
