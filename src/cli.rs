@@ -245,6 +245,16 @@ pub struct DiffArgs {
     /// Leave out objects that a sync would prune.
     #[arg(long)]
     pub no_prune: bool,
+    /// `text`: unified diffs; `markdown`: a summary for a pull request comment (objects to
+    /// create, change and prune with their fields, then the diffs, folded and truncated).
+    #[arg(long, short = 'o', value_enum, default_value_t = DiffFormat::Text)]
+    pub output: DiffFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Markdown,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -801,11 +811,21 @@ async fn run_diff(args: DiffArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::from(2));
     }
     let mut out = std::io::stdout().lock();
+    let mut masked = Vec::new();
+    let mut diffs = Vec::new();
+    let markdown = args.output == DiffFormat::Markdown;
     for change in &report.changes {
-        let (before, after) = mask_secret_values(change.before.clone(), change.after.clone());
-        let before = before.as_ref().map(to_yaml).unwrap_or_default();
-        let after = after.as_ref().map(to_yaml).unwrap_or_default();
-        let diff = similar::TextDiff::from_lines(&before, &after);
+        let (mut before, mut after) =
+            mask_secret_values(change.before.clone(), change.after.clone());
+        if markdown {
+            // Reviewers read what Git changes, not kubesync's own bookkeeping.
+            for object in [before.as_mut(), after.as_mut()].into_iter().flatten() {
+                crate::review::without_bookkeeping(object);
+            }
+        }
+        let before_text = before.as_ref().map(to_yaml).unwrap_or_default();
+        let after_text = after.as_ref().map(to_yaml).unwrap_or_default();
+        let diff = similar::TextDiff::from_lines(&before_text, &after_text);
         let old = if change.before.is_some() {
             format!("live/{}", change.object)
         } else {
@@ -816,11 +836,30 @@ async fn run_diff(args: DiffArgs) -> Result<ExitCode, CliError> {
         } else {
             "/dev/null".into()
         };
-        write!(
-            out,
-            "{}",
-            diff.unified_diff().context_radius(3).header(&old, &new)
-        )?;
+        let text = diff
+            .unified_diff()
+            .context_radius(3)
+            .header(&old, &new)
+            .to_string();
+        masked.push(crate::outcome::Change {
+            object: change.object.clone(),
+            before,
+            after,
+        });
+        diffs.push(text);
+    }
+    match args.output {
+        DiffFormat::Text => write!(out, "{}", diffs.concat())?,
+        DiffFormat::Markdown => {
+            let unchanged = report.summary.unchanged;
+            let revision = report.revision.clone().unwrap_or_default();
+            let name = &args.source.name;
+            write!(
+                out,
+                "{}",
+                crate::review::markdown(name, &revision, &masked, &diffs, unchanged)
+            )?;
+        }
     }
     Ok(if report.changes.is_empty() {
         ExitCode::SUCCESS

@@ -22,6 +22,7 @@ pub mod outcome;
 pub mod plan;
 pub mod prune;
 pub mod release;
+pub mod review;
 pub mod run_once;
 pub mod shard;
 pub mod sops;

@@ -86,6 +86,26 @@ async fn replicas(ns: &TestNamespace) -> Option<i32> {
     deployments.get_opt("web").await.ok()??.spec?.replicas
 }
 
+/// Secrets with `username`, `password` and the server's `ca.crt`, one per (name, password).
+async fn repository_secrets<const N: usize>(
+    ns: &TestNamespace,
+    ca: &Path,
+    secrets: [(&str, &str); N],
+) {
+    let ca = std::fs::read_to_string(ca).expect("ca");
+    let api: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (name, password) in secrets {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"username": USER, "password": password, "ca.crt": ca},
+        }))
+        .expect("Secret");
+        api.create(&PostParams::default(), &secret)
+            .await
+            .expect("Secret");
+    }
+}
+
 /// Ready=True, or the last error once Ready is False.
 async fn outcome(api: &Api<GitSync>, name: &str) -> Result<GitSync, String> {
     eventually(
@@ -192,19 +212,13 @@ async fn a_chart_from_an_https_repository_resolves_a_range_and_errors_name_their
         .arg("--url")
         .arg(&url)
         .current_dir(&www));
-    let ca = std::fs::read_to_string(server.dir.path().join("ca.pem")).expect("ca");
-    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
-    for (name, password) in [("charts", PASSWORD), ("wrong", "not-the-Pw7-password")] {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "stringData": {"username": USER, "password": password, "ca.crt": ca},
-        }))
-        .expect("Secret");
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("Secret");
-    }
+    let ca = server.dir.path().join("ca.pem");
+    repository_secrets(
+        &ns,
+        &ca,
+        [("charts", PASSWORD), ("wrong", "not-the-Pw7-password")],
+    )
+    .await;
 
     let repo = GitRepo::new();
     repo.write("values.yaml", "replicaCount: 1\n");
@@ -544,19 +558,12 @@ async fn a_chart_from_an_oci_registry_with_credentials_resolves_a_range() {
             .env("HELM_REGISTRY_CONFIG", build.path().join("registry.json"))
             .current_dir(&dir));
     }
-    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
-    let ca_text = std::fs::read_to_string(&ca).expect("ca");
-    for (name, password) in [("registry", PASSWORD), ("wrong", "not-the-Pw8-password")] {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "stringData": {"username": USER, "password": password, "ca.crt": ca_text},
-        }))
-        .expect("Secret");
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("Secret");
-    }
+    repository_secrets(
+        &ns,
+        &ca,
+        [("registry", PASSWORD), ("wrong", "not-the-Pw8-password")],
+    )
+    .await;
     let repo = GitRepo::new();
     repo.write("values.yaml", "replicaCount: 1\n");
     let first = repo.commit_and_push("values");

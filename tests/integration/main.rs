@@ -23,6 +23,7 @@ mod https;
 mod kustomize;
 mod layout;
 mod remote;
+mod review;
 mod rollback;
 mod run_once;
 mod security;

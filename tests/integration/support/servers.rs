@@ -55,17 +55,7 @@ $HTTP["url"] =~ "^/git/" {{
         d = d.display(),
         root = project_root.display(),
     );
-    std::fs::write(d.join("lighttpd.conf"), config).expect("config");
-    let child = Command::new("lighttpd")
-        .args(["-D", "-f"])
-        .arg(d.join("lighttpd.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("lighttpd starts (lighttpd and lighttpd-mod-openssl installed?)");
-    let mut server = Lighttpd { child, port, dir };
-    crate::support::wait_for_listener(&mut server.child, port, "lighttpd");
-    server
+    spawn_lighttpd(dir, port, &config)
 }
 
 pub struct Sshd {
@@ -132,17 +122,7 @@ auth.require = ("/charts/" => ("method" => "basic", "realm" => "charts", "requir
 "#,
         d = d.display(),
     );
-    std::fs::write(d.join("lighttpd.conf"), config).expect("config");
-    let child = Command::new("lighttpd")
-        .args(["-D", "-f"])
-        .arg(d.join("lighttpd.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("lighttpd starts (lighttpd and lighttpd-mod-openssl installed?)");
-    let mut server = Lighttpd { child, port, dir };
-    crate::support::wait_for_listener(&mut server.child, port, "lighttpd");
-    server
+    spawn_lighttpd(dir, port, &config)
 }
 
 /// The CNCF distribution registry (the testbed's build) over HTTPS (the CA in `dir/ca.pem`),
@@ -170,6 +150,22 @@ pub fn start_registry() -> Lighttpd {
         .expect("registry starts (tests/testbed/build registry, the testbed's PATH)");
     let mut server = Lighttpd { child, port, dir };
     crate::support::wait_for_listener(&mut server.child, port, "registry");
+    server
+}
+
+/// Runs lighttpd with `config` from `dir` (which it keeps) and waits for it to listen on `port`.
+fn spawn_lighttpd(dir: tempfile::TempDir, port: u16, config: &str) -> Lighttpd {
+    let d = dir.path();
+    std::fs::write(d.join("lighttpd.conf"), config).expect("config");
+    let child = Command::new("lighttpd")
+        .args(["-D", "-f"])
+        .arg(d.join("lighttpd.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lighttpd starts (lighttpd and lighttpd-mod-openssl installed?)");
+    let mut server = Lighttpd { child, port, dir };
+    crate::support::wait_for_listener(&mut server.child, port, "lighttpd");
     server
 }
 
