@@ -16,11 +16,12 @@ KUSTOMIZE_BIN=$TESTBED_CACHE/kustomize-$KUSTOMIZE_VERSION/bin
 SOPS_BIN=$TESTBED_CACHE/sops-$SOPS_VERSION/bin
 REGISTRY_BIN=$TESTBED_CACHE/registry-$REGISTRY_VERSION/bin
 AGE_BIN=$TESTBED_CACHE/age-$AGE_VERSION/bin
+GITEA_BIN=$TESTBED_CACHE/gitea-$GITEA_VERSION/bin
 PROM_BIN=$TESTBED_CACHE/prometheus-debian/bin
 PROVISIONER_SOURCE_HASH=$(cat "$TESTBED_DIR"/provisioner/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
 PROVISIONER_BIN=$TESTBED_CACHE/provisioner-$PROVISIONER_SOURCE_HASH/bin
 # One directory on PATH for tests: symlinks to kubectl, helm, kustomize, promtool, prometheus, kwok, sops,
-# age, age-keygen and registry.
+# age, age-keygen, registry and gitea.
 TESTBED_PATH=$TESTBED_CACHE/path
 
 # Address ranges as on k3s: Services from a /16 (thousands of cluster IPs), Pods from another.
