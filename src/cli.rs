@@ -321,6 +321,18 @@ pub struct ControllerArgs {
     /// `kubesync.dev/shard: "<i>"` pins a GitSync to a shard. Instead of --leader-election.
     #[arg(long, env = "KUBESYNC_SHARDS", conflicts_with = "leader_election", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
+    /// A receiver of notifications for every GitSync that names none in spec.notify (repeat the
+    /// flag): `provider=<generic|slack|discord|matrix|ntfy|gotify>,secret=<name>` and optionally
+    /// `,events=failed+recovered+…`; the Secret is in the controller's namespace.
+    #[arg(long = "notify", env = "KUBESYNC_NOTIFY", value_delimiter = ';')]
+    pub notify: Vec<crate::controller::DefaultReceiver>,
+    /// A problem that lasts (the same failure every interval) is told again after this long;
+    /// 0s: only once.
+    #[arg(long, env = "KUBESYNC_NOTIFY_REMINDER", default_value = "24h", value_parser = parse_duration)]
+    pub notify_reminder: Duration,
+    /// Where people reach the status page: linked from notifications and commit statuses.
+    #[arg(long, env = "KUBESYNC_STATUS_PAGE_URL")]
+    pub status_page_url: Option<String>,
     /// Elect a leader with a Lease, so that of several replicas only one syncs.
     #[arg(long, env = "KUBESYNC_LEADER_ELECTION")]
     pub leader_election: bool,
@@ -473,7 +485,14 @@ async fn run_controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
             .unwrap_or_else(|_| "kubesync".into());
         format!("{host}-{}", std::process::id())
     });
+    let own_namespace = (args.lease_namespace.clone()).unwrap_or_else(|| default_namespace.clone());
     let settings = crate::controller::ControllerConfig {
+        notify: crate::controller::NotifyConfig {
+            defaults: args.notify.clone(),
+            namespace: own_namespace,
+            reminder: args.notify_reminder,
+            status_page_url: args.status_page_url.clone(),
+        },
         namespace: args.watch_namespace.clone(),
         cache_dir: args
             .cache_dir
@@ -643,6 +662,7 @@ async fn prepare(
         wait: None,
         wait_for_crds: false,
         stop: None,
+        on_revision: None,
     };
     let cache_dir = source.cache_dir();
     Ok(Prepared {

@@ -118,6 +118,56 @@ pub struct GitSyncSpec {
     /// chart of an HTTP(S) Helm repository or an OCI registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helm: Option<HelmSpec>,
+    /// Where to tell people what happened: chat, push or webhook receivers, each with a Secret
+    /// of this namespace holding its address and credentials. Unset: the controller's defaults
+    /// (`--notify`); `[]`: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<NotifySpec>>,
+    /// Post each synced commit's status (pending, success, failure) on the Git forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_status: Option<CommitStatusSpec>,
+}
+
+/// A receiver of notifications.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifySpec {
+    pub provider: crate::notify::payload::Provider,
+    /// Secret in the GitSync's namespace: `address` (webhook, topic or server URL), and as the
+    /// provider needs `token`, `channel` (Matrix room), `hmacKey` (generic).
+    pub secret_ref: LocalObjectReference,
+    /// What to send. Default: failed, recovered, pruneBlocked, unhealthy, stalled, rolledBack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::notify::event::EventKind>,
+}
+
+impl NotifySpec {
+    /// The events asked for (the default set when none are named).
+    pub fn events(&self) -> Vec<crate::notify::event::EventKind> {
+        match self.events.is_empty() {
+            true => crate::notify::event::EventKind::DEFAULT.to_vec(),
+            false => self.events.clone(),
+        }
+    }
+}
+
+/// The commit status posted on the forge.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitStatusSpec {
+    /// gitea (also Forgejo), github or gitlab. Default: from the URL (github.com, a host named
+    /// gitlab…, else gitea).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<crate::notify::forge::Forge>,
+    /// The forge's API token; key default `token`.
+    pub secret_ref: SecretKeyRef,
+    /// The API's root URL when it is not where the repository URL suggests (an SSH remote on
+    /// another host or port, GitHub Enterprise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The status's name on the commit. Default: `kubesync/<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 /// A Helm chart and how it is rendered (`helm template`).

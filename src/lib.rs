@@ -18,6 +18,7 @@ pub mod lease;
 pub mod manifests;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
 pub mod outcome;
 pub mod plan;
 pub mod prune;

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
+use crate::notify::deliver::{Delivery, DeliveryKind, Recorder};
 use crate::sync::{Step, SyncReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,8 +88,58 @@ pub struct SourceLabels {
     pub revision: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub provider: &'static str,
+    pub event: &'static str,
+    pub result: Delivery,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitStatusLabels {
+    pub forge: &'static str,
+    pub state: &'static str,
+    pub result: Delivery,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabels {
+    /// A provider or a forge.
+    pub receiver: &'static str,
+}
+
+/// Notifications and commit statuses sent (`notify::deliver`).
+struct DeliveryMetrics {
+    notifications: Family<NotificationLabels, Counter>,
+    commit_statuses: Family<CommitStatusLabels, Counter>,
+    retries: Family<ReceiverLabels, Counter>,
+}
+
+impl DeliveryMetrics {
+    fn new(r: &mut Registry) -> DeliveryMetrics {
+        DeliveryMetrics {
+            notifications: registered(
+                r,
+                "kubesync_notifications",
+                "Notifications, by provider, event and result (sent, failed, dropped)",
+            ),
+            commit_statuses: registered(
+                r,
+                "kubesync_commit_statuses",
+                "Commit statuses posted to the Git forge, by forge, state and result",
+            ),
+            retries: registered(
+                r,
+                "kubesync_notification_retries",
+                "Attempts repeated after a receiver failed or did not answer",
+            ),
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    deliveries: DeliveryMetrics,
     runs: Family<RunLabels, Counter>,
     failures: Family<StepLabels, Counter>,
     duration: Histograms,
@@ -327,6 +378,7 @@ impl Metrics {
                 "From the commit's committer time to the end of the sync that first applied it",
                 latency_histogram,
             ),
+            deliveries: DeliveryMetrics::new(&mut r),
             revisions: Mutex::new(HashMap::new()),
             registry: r,
         }
@@ -626,6 +678,39 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl Recorder for Metrics {
+    /// A notification or commit status delivered, given up on, or dropped.
+    fn delivery(&self, kind: DeliveryKind, result: Delivery) {
+        let d = &self.deliveries;
+        match kind {
+            DeliveryKind::Notification { provider, event } => (d.notifications)
+                .get_or_create(&NotificationLabels {
+                    provider,
+                    event,
+                    result,
+                })
+                .inc(),
+            DeliveryKind::CommitStatus { forge, state } => (d.commit_statuses)
+                .get_or_create(&CommitStatusLabels {
+                    forge,
+                    state,
+                    result,
+                })
+                .inc(),
+        };
+    }
+
+    fn retry(&self, kind: DeliveryKind) {
+        let receiver = match kind {
+            DeliveryKind::Notification { provider, .. } => provider,
+            DeliveryKind::CommitStatus { forge, .. } => forge,
+        };
+        (self.deliveries.retries)
+            .get_or_create(&ReceiverLabels { receiver })
+            .inc();
     }
 }
 

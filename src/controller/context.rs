@@ -37,6 +37,8 @@ pub struct ControllerConfig {
     pub helm_binary: Option<PathBuf>,
     /// What GitSyncs outside the trusted namespaces may reach.
     pub tenancy: super::tenancy::Tenancy,
+    /// Default receivers, reminder period, status page link.
+    pub notify: super::notifier::NotifyConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,8 @@ pub struct Context {
     pub watches: Watches,
     /// GitSyncs whose watches saw drift, for the controller to reconcile (taken once by `run`).
     drifted: Mutex<Option<DriftedReceiver>>,
+    /// What was told about each GitSync, and the queues to the receivers.
+    pub notifier: super::notifier::Notifier,
 }
 
 pub type DriftedReceiver =
@@ -133,6 +137,7 @@ impl Context {
         Context {
             client,
             kube_config,
+            notifier: super::notifier::Notifier::new(metrics.clone()),
             metrics,
             config,
             memory: Mutex::new(Memory::default()),
@@ -245,6 +250,7 @@ impl Context {
             memory.rechecks.remove(key);
         }
         self.watches.forget(key);
+        self.notifier.forget(key);
         self.metrics.forget(key);
     }
 }

@@ -348,14 +348,18 @@ async fn config_map_values(
 }
 
 /// The data of a Secret, with its name for messages.
-struct SecretData {
+pub(super) struct SecretData {
     namespace: String,
     name: String,
     data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
 }
 
 impl SecretData {
-    async fn read(ctx: &Context, namespace: &str, name: &str) -> Result<Self, CredentialsError> {
+    pub(super) async fn read(
+        ctx: &Context,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Self, CredentialsError> {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
         let found = secrets
             .get_opt(name)
@@ -377,7 +381,7 @@ impl SecretData {
     }
 
     /// The value of `key` as text, if the Secret has it.
-    fn text(&self, key: &str) -> Result<Option<String>, CredentialsError> {
+    pub(super) fn text(&self, key: &str) -> Result<Option<String>, CredentialsError> {
         let Some(value) = self.data.get(key) else {
             return Ok(None);
         };

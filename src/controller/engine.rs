@@ -11,8 +11,9 @@ use super::credentials::{
 use crate::applyset::Parent;
 use crate::crd::GitSync;
 use crate::kustomize::KustomizeOptions;
+use crate::notify::forge::State;
 use crate::source::SourceSpec;
-use crate::sync::{SyncError, SyncOptions, SyncReport};
+use crate::sync::{RevisionHook, SyncError, SyncOptions, SyncReport};
 
 /// Fetches credentials, builds the clients and runs the engine; `at` pins a commit (a
 /// rollback's), which is then applied without waiting and pruned only if the spec allows it.
@@ -38,6 +39,12 @@ pub async fn run_sync(
         Ok(p) => p,
         Err(e) => return SyncReport::failed(&name, e),
     };
+    if at.is_none()
+        && let Some(poster) = super::notifications::status_poster(ctx, sync).await
+    {
+        let pending = move |revision: &str| poster.post(revision, State::Pending, "syncing");
+        options.on_revision = Some(RevisionHook(std::sync::Arc::new(pending)));
+    }
     if let Some(commit) = at {
         spec.reference = crate::source::GitRef::Commit(commit.into());
         options.wait = None;

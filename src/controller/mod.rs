@@ -11,6 +11,7 @@
 //! - `remote`: kubeconfigs of other clusters (`spec.kubeConfig`), checked before use;
 //! - `shards`: with `--shards`, which GitSyncs this replica syncs (one Lease per shard);
 //! - `tenancy`: the lockdown flags (default ServiceAccount, own-namespace references and objects);
+//! - `notifications`: chat/webhook notifications and commit statuses after each sync;
 //! - `watches`: metadata watches on what each GitSync applied (drift, idle intervals);
 //! - `reconcile`: the loop itself; `process`: signals, HTTP listener, Lease.
 mod context;
@@ -18,6 +19,8 @@ mod credentials;
 mod dependencies;
 mod engine;
 mod events;
+mod notifications;
+mod notifier;
 mod process;
 mod reconcile;
 mod remote;
@@ -31,6 +34,7 @@ mod testing;
 mod watches;
 
 pub use context::{Context, ControllerConfig, ControllerError};
+pub use notifier::{DefaultReceiver, NotifyConfig};
 pub use process::{ProcessConfig, ProcessError, run_process};
 pub use reconcile::run;
 pub use shards::Sharding;

@@ -18,6 +18,7 @@ use super::credentials::{CredentialsError, clients};
 use super::dependencies;
 use super::engine::{parent_of, run_sync, source_spec, sync_options, with_secrets, work_dir};
 use super::events::publish;
+use super::notifications;
 use super::rollback;
 use super::schedule::{CRD_RECHECK, Due, backoff, due, jittered, known_status};
 use super::status::{
@@ -377,6 +378,8 @@ async fn finish(
         );
         publish(ctx, sync, EventType::Normal, "Synced", note).await;
     }
+    let rolls_back = rollback::target(sync, update.old, report).is_some();
+    notifications::after_sync(ctx, sync, report, rolls_back).await;
     Ok(finished_at)
 }
 
@@ -419,13 +422,17 @@ async fn recheck_health(
     if recheck.next > now {
         return Ok(Some(recheck.next - now));
     }
-    let mut still = Vec::new();
+    let (mut still, mut failed) = (Vec::new(), Vec::new());
     for (object, resource) in recheck.objects {
         let health = crate::sync::read_health(&recheck.client, &object, &resource).await;
+        if let Some(h @ crate::health::Health::Failed(_)) = &health {
+            failed.push(format!("{object} ({h})"));
+        }
         if health.is_none_or(|h| !h.is_healthy()) {
             still.push((object, resource));
         }
     }
+    notifications::after_health_read(ctx, sync, &failed).await;
     let count = still.len();
     if count != recheck.reported {
         info!(sync = %key, unhealthy = count, "health re-read between syncs");
@@ -521,6 +528,7 @@ async fn repair_drift(ctx: &Context, sync: &GitSync, timeout: Duration, repair: 
     ctx.watches.repair_finished(&key, &report);
     ctx.metrics.record_repair(&key, &report);
     report_repair(ctx, sync, &repair.checkout.revision, &report).await;
+    notifications::after_repair(ctx, sync, &report).await;
     if sync.spec.drift == DriftPolicy::Report
         && let Err(e) = record_repaired_drift(ctx, sync, &report).await
     {

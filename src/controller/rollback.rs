@@ -18,6 +18,7 @@ use tracing::warn;
 use super::context::{Context, ControllerError, key_of};
 use super::engine::run_sync;
 use super::events::publish;
+use super::notifications;
 use super::status::{StatusUpdate, patch_status, reason};
 use crate::crd::{GitSync, GitSyncStatus, REQUESTED_AT_ANNOTATION, RolledBack, short_revision};
 use crate::sync::{Step, SyncReport};
@@ -76,7 +77,15 @@ pub async fn roll_back(
     if let Some(problem) = report.first_problem().filter(|_| !report.succeeded()) {
         let note = format!("rolling back from {short_from} to {short_to} failed: {problem}");
         warn!(sync = %key, "{note}");
-        publish(ctx, sync, EventType::Warning, reason::ROLLBACK_FAILED, note).await;
+        publish(
+            ctx,
+            sync,
+            EventType::Warning,
+            reason::ROLLBACK_FAILED,
+            note.clone(),
+        )
+        .await;
+        notifications::after_rollback(ctx, sync, bad, &report, &note).await;
         return Ok(report);
     }
     let message = format!(
@@ -92,7 +101,15 @@ pub async fn roll_back(
     };
     warn!(sync = %key, "{message}");
     patch_status(ctx, sync, update.rolled_back(&rolled, &message)).await?;
-    publish(ctx, sync, EventType::Warning, reason::ROLLED_BACK, message).await;
+    publish(
+        ctx,
+        sync,
+        EventType::Warning,
+        reason::ROLLED_BACK,
+        message.clone(),
+    )
+    .await;
+    notifications::after_rollback(ctx, sync, bad, &report, &message).await;
     Ok(report)
 }
 

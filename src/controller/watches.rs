@@ -249,6 +249,7 @@ impl Watches {
                     dir: state.checkout_dir.clone(),
                     revision: state.revision.clone(),
                     commit_time: None,
+                    commit: None,
                     fetched: false,
                 },
                 objects: BTreeSet::new(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::known_hosts::{HostCheck, HostKeyError};
-use super::spec::{Auth, Checkout, GitRef, SourceError, SourceSpec, redact_url};
+use super::spec::{Auth, Checkout, CommitInfo, GitRef, SourceError, SourceSpec, redact_url};
 
 static GIT_INIT: Once = Once::new();
 
@@ -206,6 +206,11 @@ pub fn git_checkout(
         revision: target.to_string(),
         commit_time: Some(commit.time().seconds()),
         fetched,
+        commit: Some(CommitInfo {
+            subject: String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default())
+                .into_owned(),
+            author: String::from_utf8_lossy(commit.author().name_bytes()).into_owned(),
+        }),
     })
 }
 

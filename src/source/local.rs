@@ -48,6 +48,7 @@ pub fn local_checkout(dir: &Path) -> Result<Checkout, SourceError> {
         dir: dir.to_path_buf(),
         revision: format!("sha256:{hex}"),
         commit_time: None,
+        commit: None,
         fetched: false,
     })
 }

@@ -14,7 +14,7 @@ mod local;
 mod spec;
 
 pub use known_hosts::{HostCheck, HostKeyError};
-pub use spec::{Auth, Checkout, GitRef, SourceError, SourceSpec, redact_url};
+pub use spec::{Auth, Checkout, CommitInfo, GitRef, SourceError, SourceSpec, redact_url};
 
 fn is_remote_url(url: &str) -> bool {
     url.contains("://") || (url.contains('@') && url.contains(':') && !Path::new(url).exists())

@@ -71,6 +71,15 @@ pub struct Checkout {
     pub commit_time: Option<i64>,
     /// Whether objects were fetched (false when the ref had not moved).
     pub fetched: bool,
+    /// The commit's subject and author (Git sources).
+    pub commit: Option<CommitInfo>,
+}
+
+/// The commit a sync applied: its subject line and its author's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CommitInfo {
+    pub subject: String,
+    pub author: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ pub use crate::outcome::{Action, Change, ObjectReport, Summary};
 pub use crate::prune::{PruneBlocked, PrunePolicy};
 pub use apply_step::read_health;
 pub use error::{Step, SyncError};
-pub use options::{Clients, SyncOptions, Target};
+pub use options::{Clients, RevisionHook, SyncOptions, Target};
 pub use repair::repair;
 pub use report::SyncReport;
 
@@ -48,6 +48,9 @@ pub async fn sync_source(
         let mut report = match fetched {
             Ok(checkout) => {
                 tracing::Span::current().record("revision", checkout.revision.as_str());
+                if let Some(hook) = &options.on_revision {
+                    (hook.0)(&checkout.revision);
+                }
                 sync_checkout(clients, &checkout, options).await
             }
             Err(e) => {
@@ -76,6 +79,7 @@ pub async fn sync_checkout(
         name: options.target.name.clone(),
         revision: Some(checkout.revision.clone()),
         commit_time: checkout.commit_time,
+        commit: checkout.commit.clone(),
         fetched: checkout.fetched,
         checkout_dir: Some(checkout.dir.clone()),
         dry_run: options.apply.dry_run,

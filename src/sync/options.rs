@@ -68,6 +68,19 @@ pub struct SyncOptions {
     /// Set to true to stop the sync at the next step boundary before apply. Once apply has
     /// begun, the sync runs through prune, so a stop never leaves a half-pruned set.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Called with the revision as soon as the fetch has found it (the controller marks the
+    /// commit pending on its forge); must not block.
+    pub on_revision: Option<RevisionHook>,
+}
+
+/// See [`SyncOptions::on_revision`].
+#[derive(Clone)]
+pub struct RevisionHook(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for RevisionHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevisionHook")
+    }
 }
 
 impl SyncOptions {
@@ -89,6 +102,7 @@ impl SyncOptions {
             wait: None,
             wait_for_crds: false,
             stop: None,
+            on_revision: None,
         }
     }
 

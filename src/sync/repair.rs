@@ -33,6 +33,7 @@ pub async fn repair(
         name: options.target.name.clone(),
         revision: Some(checkout.revision.clone()),
         commit_time: checkout.commit_time,
+        commit: checkout.commit.clone(),
         prune_blocked: Some(PruneBlocked::Disabled),
         ..Default::default()
     };

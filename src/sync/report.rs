@@ -16,6 +16,9 @@ pub struct SyncReport {
     pub revision: Option<String>,
     #[serde(skip)]
     pub commit_time: Option<i64>,
+    /// The commit's subject and author.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<crate::source::CommitInfo>,
     pub fetched: bool,
     /// Where the revision's files are (the controller repairs drift from them).
     #[serde(skip)]

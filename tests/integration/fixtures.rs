@@ -66,6 +66,7 @@ async fn sync_paths(
         revision: "fixture".into(),
         commit_time: None,
         fetched: false,
+        commit: None,
     };
     kubesync::sync::sync_checkout(
         &kubesync::sync::Clients::from(&ns.client),

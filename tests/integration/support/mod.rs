@@ -2,8 +2,10 @@
 pub mod controller;
 pub mod faults;
 pub mod git;
+pub mod gitea;
 pub mod manifests;
 pub mod private;
+pub mod receiver;
 pub mod servers;
 pub mod sops;
 

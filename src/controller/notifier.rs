@@ -1,0 +1,167 @@
+//! What this process remembers to tell: the notification settings, the open problem per
+//! GitSync (deduplication) and the commit status last posted, and the delivery queues.
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::notify::EventKind;
+use crate::notify::client::HttpClient;
+use crate::notify::dedup::{Decision, Dedup, Outcome};
+use crate::notify::deliver::{Deliverer, Policy};
+use crate::notify::forge::State;
+use crate::notify::payload::Provider;
+
+/// The controller's notification settings.
+#[derive(Clone, Debug, Default)]
+pub struct NotifyConfig {
+    /// Receivers of GitSyncs that name none (`--notify`), their Secrets in `namespace`.
+    pub defaults: Vec<DefaultReceiver>,
+    /// Where the defaults' Secrets are: the controller's namespace.
+    pub namespace: String,
+    /// A problem that lasts is told again after this long (zero: never).
+    pub reminder: Duration,
+    /// Where people reach the status page (links in messages and commit statuses).
+    pub status_page_url: Option<String>,
+}
+
+/// A receiver every GitSync without `spec.notify` has: `provider=slack,secret=name,events=a+b`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultReceiver {
+    pub provider: Provider,
+    pub secret: String,
+    pub events: Vec<EventKind>,
+}
+
+impl std::str::FromStr for DefaultReceiver {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (mut provider, mut secret, mut events) = (None, None, EventKind::DEFAULT.to_vec());
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected key=value"))?;
+            match key {
+                "provider" => provider = Some(Provider::parse(value).ok_or_else(|| {
+                    format!(
+                        "unknown provider {value:?} (generic, slack, discord, matrix, ntfy, gotify)"
+                    )
+                })?),
+                "secret" => secret = Some(value.to_string()),
+                "events" => {
+                    events = (value.split('+'))
+                        .map(|e| EventKind::parse(e).ok_or_else(|| format!("unknown event {e:?}")))
+                        .collect::<Result<_, _>>()?
+                }
+                other => return Err(format!("unknown key {other:?} (provider, secret, events)")),
+            }
+        }
+        Ok(DefaultReceiver {
+            provider: provider.ok_or("provider= is missing")?,
+            secret: secret.ok_or("secret= is missing")?,
+            events,
+        })
+    }
+}
+
+/// What this process remembers to tell: the open problem per GitSync, the last commit status.
+pub struct Notifier {
+    pub(super) deliverer: Option<Arc<Deliverer>>,
+    dedup: Mutex<HashMap<String, Dedup>>,
+    /// (revision, state) last posted per GitSync.
+    pub(super) statuses: Arc<Mutex<HashMap<String, (String, State)>>>,
+    pub(super) sequence: AtomicU64,
+}
+
+impl Notifier {
+    pub fn new(metrics: Arc<Metrics>) -> Notifier {
+        let deliverer = match HttpClient::new(Duration::from_secs(10)) {
+            Ok(client) => Some(Arc::new(Deliverer::new(client, metrics, Policy::default()))),
+            Err(e) => {
+                warn!("notifications and commit statuses are off: {e}");
+                None
+            }
+        };
+        Notifier {
+            deliverer,
+            dedup: Mutex::new(HashMap::new()),
+            statuses: Arc::new(Mutex::new(HashMap::new())),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn decide(&self, key: &str, outcome: Outcome, reminder: Duration) -> Decision {
+        let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        (dedup.entry(key.into()).or_default()).decide(outcome, Instant::now(), reminder)
+    }
+
+    /// The problem last told about, while it lasts.
+    pub(super) fn open_event(&self, key: &str) -> Option<EventKind> {
+        let dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        dedup.get(key).and_then(Dedup::open_event)
+    }
+
+    /// Forgets a deleted GitSync.
+    pub fn forget(&self, key: &str) {
+        (self.dedup.lock().unwrap_or_else(|p| p.into_inner())).remove(key);
+        (self.statuses.lock().unwrap_or_else(|p| p.into_inner())).remove(key);
+    }
+}
+
+/// Whether `state` on `revision` is news (and notes it as posted).
+pub(super) fn status_is_new(
+    statuses: &Mutex<HashMap<String, (String, State)>>,
+    key: &str,
+    revision: &str,
+    state: State,
+) -> bool {
+    let mut statuses = statuses.lock().unwrap_or_else(|p| p.into_inner());
+    let last = statuses.get(key);
+    let new = match state {
+        // A commit is pending once: not again when a failed one is retried.
+        State::Pending => last.is_none_or(|(r, _)| r != revision),
+        _ => last != Some(&(revision.to_string(), state)),
+    };
+    if new {
+        statuses.insert(key.into(), (revision.into(), state));
+    }
+    new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_receivers_parse_from_the_flag() {
+        let d: DefaultReceiver = "provider=discord,secret=chat,events=failed+recovered"
+            .parse()
+            .unwrap();
+        assert_eq!(d.provider, Provider::Discord);
+        assert_eq!(d.secret, "chat");
+        assert_eq!(d.events, vec![EventKind::Failed, EventKind::Recovered]);
+        let d: DefaultReceiver = "provider=ntfy, secret=push".parse().unwrap();
+        assert_eq!(d.events, EventKind::DEFAULT.to_vec());
+        assert!(
+            "secret=x"
+                .parse::<DefaultReceiver>()
+                .unwrap_err()
+                .contains("provider")
+        );
+        assert!(
+            "provider=irc,secret=x"
+                .parse::<DefaultReceiver>()
+                .unwrap_err()
+                .contains("irc")
+        );
+        assert!(
+            "provider=slack,secret=x,events=boom"
+                .parse::<DefaultReceiver>()
+                .is_err()
+        );
+    }
+}
