@@ -78,6 +78,10 @@ fn chart_lints_renders_its_toggles_and_is_hardened() {
         "grafanaDashboard.enabled=true",
         "knownHosts=github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
         "replicaCount=2",
+        "notifications.defaults[0].provider=ntfy",
+        "notifications.defaults[0].secretName=ntfy-topic",
+        "notifications.defaults[0].events={failed,recovered}",
+        "statusPageURL=https://kubesync.home.lan/",
     ];
     let mut lint = Command::new("helm");
     lint.arg("lint").arg(chart());
@@ -137,6 +141,25 @@ fn chart_lints_renders_its_toggles_and_is_hardened() {
         .iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("Deployment");
+    // Default notification receivers: the flag, and a Role that reads their Secrets only.
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--notify=provider=ntfy,secret=ntfy-topic,events=failed+recovered")
+            && args.contains("--status-page-url=https://kubesync.home.lan/"),
+        "{args}"
+    );
+    let secret_rules: Vec<Value> = (all.iter())
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| (r["resources"].as_array()).is_some_and(|a| a.iter().any(|x| x == "secrets")))
+        .collect();
+    assert!(
+        secret_rules
+            .iter()
+            .any(|r| r["resourceNames"] == serde_json::json!(["ntfy-topic"])
+                && r["verbs"] == serde_json::json!(["get"])),
+        "{secret_rules:?}"
+    );
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(

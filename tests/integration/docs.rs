@@ -141,6 +141,18 @@ fn metrics_reference_lists_every_metric_and_no_other() {
     metrics.set_drifted("apps/web", 1);
     metrics.record_rollback("apps/web", true);
     metrics.set_shard_owned(0, true);
+    use kubesync::notify::deliver::{Delivery, DeliveryKind, Recorder};
+    let notification = DeliveryKind::Notification {
+        provider: "discord",
+        event: "failed",
+    };
+    metrics.delivery(notification, Delivery::sent);
+    metrics.retry(notification);
+    let status = DeliveryKind::CommitStatus {
+        forge: "gitea",
+        state: "success",
+    };
+    metrics.delivery(status, Delivery::sent);
     let text = metrics.encode();
     let mut in_code = BTreeSet::new();
     for line in text.lines() {
