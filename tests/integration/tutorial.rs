@@ -567,3 +567,59 @@ fn section_15_helm_chart_matches_in_both_languages_and_is_valid() {
             || en[1].1.contains(".status.helmChart.version")
     );
 }
+
+/// Section 16's commands are the same in both languages, and its patches make valid GitSync
+/// specs with the receivers and the commit status they say.
+#[test]
+fn section_16_notifications_match_in_both_languages_and_are_valid() {
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).expect("doc");
+    let en = section_blocks(&read("docs/tutorial-homelab.md"), "## 16.");
+    let ja = section_blocks(&read("docs/ja/tutorial-homelab.md"), "## 16.");
+    assert_eq!(en, ja, "section 16's commands differ between en and ja");
+    assert_eq!(en.len(), 3, "{en:?}");
+    let patch = |block: &str| -> Value {
+        let json = block
+            .split("-p '")
+            .nth(1)
+            .and_then(|r| r.split('\'').next());
+        serde_json::from_str(json.expect("a -p '…' patch")).expect("patch JSON")
+    };
+    let spec = |patch: Value| -> kubesync::crd::GitSyncSpec {
+        let mut spec = serde_json::json!({"url": "ssh://git@git.home.lan/hanako/homelab.git"});
+        for (k, v) in patch["spec"].as_object().expect("spec").clone() {
+            spec[k] = v;
+        }
+        let spec: kubesync::crd::GitSyncSpec =
+            serde_json::from_value(spec).expect("a GitSync spec");
+        assert!(spec.validate().is_ok());
+        spec
+    };
+    let discord = spec(patch(&en[0].1));
+    let receivers = discord.notify.expect("spec.notify");
+    assert_eq!(
+        receivers[0].provider,
+        kubesync::notify::payload::Provider::Discord
+    );
+    assert!(
+        en[0]
+            .1
+            .contains(&format!("secret generic {}", receivers[0].secret_ref.name))
+    );
+    let ntfy = spec(patch(&en[1].1)).notify.expect("spec.notify");
+    assert_eq!(
+        ntfy[0].events(),
+        kubesync::notify::EventKind::DEFAULT.to_vec()
+    );
+    let forge = spec(patch(&en[2].1));
+    let status = forge.commit_status.expect("spec.commitStatus");
+    let repo =
+        kubesync::notify::forge::repository(&forge.url, status.forge, status.api_url.as_deref())
+            .expect("the forge's API");
+    assert_eq!(repo.api, "https://git.home.lan/api/v1");
+    assert!(
+        en[2]
+            .1
+            .contains(&format!("secret generic {}", status.secret_ref.name))
+    );
+    assert!(en[2].1.contains("statusPageURL="));
+}
