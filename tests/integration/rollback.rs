@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use kubesync::crd::{GitSync, short_revision};
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use crate::support::controller::{
 };
 use crate::support::git::{GitDaemon, GitRepo};
 use crate::support::manifests::configmap;
+use crate::support::receiver::{Answer, Receiver};
 use crate::support::{TestNamespace, eventually};
 
 fn deployment(image: &str, pod: Option<&str>) -> String {
@@ -50,11 +51,23 @@ async fn an_unhealthy_revision_is_rolled_back_to_the_last_healthy_one_and_held_b
     let daemon = GitDaemon::start(repo.root.path());
     let _controller = ControllerProcess::start(&ns.name, &[]);
     let (timeout, interval) = (Duration::from_secs(8), Duration::from_secs(4));
+    // A receiver of the rollback's notification (and of the recovery after the fix).
+    let receiver = Receiver::start(Answer::Statuses(vec![]));
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "alerts"}, "stringData": {"address": receiver.url("/hook")}}),
+    )
+    .expect("Secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("Secret");
     let api = create_gitsync(
         &ns,
         "app",
         json!({"url": daemon.url(), "path": "app", "interval": "4s", "timeout": "8s",
-               "rollback": {"enabled": true}}),
+               "rollback": {"enabled": true},
+               "notify": [{"provider": "generic", "secretRef": {"name": "alerts"}}]}),
     )
     .await;
     wait_for_revision(&api, "app", &good, Duration::from_secs(60)).await;
@@ -140,6 +153,15 @@ async fn an_unhealthy_revision_is_rolled_back_to_the_last_healthy_one_and_held_b
         "push to rollback: {:.1} s (timeout {timeout:?}, interval {interval:?})",
         took.as_secs_f64()
     );
+    // One notification: rolled back (not also "failed" for the unhealthy revision).
+    let told = receiver.wait_for(1, Duration::from_secs(20));
+    let body = told[0].json();
+    assert_eq!(body["event"], "rolledBack", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(short_revision(&bad)) && message.contains(short_revision(&good)),
+        "{message}"
+    );
 
     // Three intervals: the bad revision is not applied again.
     let generation = deployments
@@ -165,6 +187,14 @@ async fn an_unhealthy_revision_is_rolled_back_to_the_last_healthy_one_and_held_b
     assert_eq!(ready_condition(&sync).map(|c| c.0).as_deref(), Some("True"));
     assert_eq!(sync.status.expect("status").rolled_back, None);
     assert_eq!(image(&deployments).await.as_deref(), Some("web:3"));
+    let told = receiver.wait_for(2, Duration::from_secs(20));
+    assert_eq!(
+        told.len(),
+        2,
+        "{:?}",
+        told.iter().map(|t| t.text()).collect::<Vec<_>>()
+    );
+    assert_eq!(told[1].json()["event"], "recovered");
     eventually(
         Duration::from_secs(10),
         "the next good revision prunes it",
