@@ -182,3 +182,68 @@ async fn a_ttl_job_runs_once_across_intervals_and_again_after_its_image_changes(
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(count(&uids), 2, "and only once");
 }
+
+/// A Helm chart's post-install/post-upgrade hook Job with a TTL: the same run-once rule. Helm
+/// itself would run it at every upgrade; here it runs again only when its manifest changes.
+const HOOK_CHART: [(&str, &str); 4] = [
+    (
+        "charts/app/Chart.yaml",
+        "apiVersion: v2\nname: app\nversion: 0.1.0\n",
+    ),
+    ("charts/app/values.yaml", "tag: \"1\"\n"),
+    (
+        "charts/app/templates/settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-settings}\ndata: {tag: \"{{ .Values.tag }}\"}\n",
+    ),
+    (
+        "charts/app/templates/migrate.yaml",
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: app-migrate\n  annotations:\n    \
+         \"helm.sh/hook\": post-install,post-upgrade\n    \"helm.sh/hook-delete-policy\": before-hook-creation\n\
+         spec:\n  ttlSecondsAfterFinished: 2\n  backoffLimit: 0\n  template:\n    spec:\n      \
+         restartPolicy: Never\n      containers: [{name: migrate, image: \"app:{{ .Values.tag }}\"}]\n",
+    ),
+];
+
+#[tokio::test]
+async fn a_helm_hook_job_with_a_ttl_runs_once_per_manifest() {
+    let ns = TestNamespace::new("run-once-hook").await;
+    install_crd(&ns.client).await;
+    let jobs: Api<Job> = Api::namespaced(ns.client.clone(), &ns.name);
+    let uids = record_job_uids(jobs.clone());
+    let repo = GitRepo::new();
+    for (path, text) in HOOK_CHART {
+        repo.write(path, text);
+    }
+    let revision = repo.commit_and_push("a chart with a migration hook");
+    let daemon = GitDaemon::start(repo.root.path());
+    let _controller = ControllerProcess::start(&ns.name, &[]);
+    let api = create_gitsync(
+        &ns,
+        "app",
+        json!({"url": daemon.url(), "interval": "3s", "helm": {"chart": "charts/app"}}),
+    )
+    .await;
+    wait_for_revision(&api, "app", &revision, Duration::from_secs(60)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the TTL deletes the finished hook Job",
+        || async {
+            (count(&uids) == 1 && jobs.get_opt("app-migrate").await.ok()?.is_none()).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert_eq!(count(&uids), 1, "the hook ran once over five intervals");
+
+    repo.write("charts/app/values.yaml", "tag: \"2\"\n");
+    let revision = repo.commit_and_push("tag 2: the hook changes");
+    wait_for_revision(&api, "app", &revision, Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the changed hook ran once more",
+        || async { (count(&uids) == 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(count(&uids), 2, "and only once");
+}
