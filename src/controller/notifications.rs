@@ -353,7 +353,12 @@ impl StatusPoster {
             kind,
             request,
         };
-        let queue = format!("forge\u{0}{}\u{0}{}", self.repo.api, self.repo.path);
+        // One queue per GitSync: several GitSyncs of one repository each post two statuses per
+        // commit, and must not eat one another's rate.
+        let queue = format!(
+            "forge\u{0}{}\u{0}{}\u{0}{}",
+            self.repo.api, self.repo.path, self.key
+        );
         self.deliverer.send(&queue, job);
     }
 }
