@@ -29,6 +29,15 @@ pub enum Provider {
 }
 
 impl Provider {
+    pub const ALL: [Provider; 6] = [
+        Provider::Generic,
+        Provider::Slack,
+        Provider::Discord,
+        Provider::Matrix,
+        Provider::Ntfy,
+        Provider::Gotify,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Generic => "generic",
@@ -41,16 +50,7 @@ impl Provider {
     }
 
     pub fn parse(name: &str) -> Option<Provider> {
-        [
-            Provider::Generic,
-            Provider::Slack,
-            Provider::Discord,
-            Provider::Matrix,
-            Provider::Ntfy,
-            Provider::Gotify,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == name)
+        Provider::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
 
@@ -468,15 +468,7 @@ mod tests {
 
     #[test]
     fn every_provider_builds_a_request_naming_every_event() {
-        let providers = [
-            Provider::Generic,
-            Provider::Slack,
-            Provider::Discord,
-            Provider::Matrix,
-            Provider::Ntfy,
-            Provider::Gotify,
-        ];
-        for provider in providers {
+        for provider in Provider::ALL {
             assert_eq!(Provider::parse(provider.as_str()), Some(provider));
             for event in EventKind::ALL {
                 let n = Notification { event, ..sample() };

@@ -444,6 +444,24 @@ fn section_12_files_match_the_tutorial() {
     }
 }
 
+/// The JSON of a `kubectl patch … -p '<json>'` command.
+fn patch_of(block: &str) -> Value {
+    let json = block
+        .split("-p '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next());
+    serde_json::from_str(json.expect("a -p '…' patch")).expect("patch JSON")
+}
+
+/// A GitSync spec: a URL, and the `spec` of a merge patch over it.
+fn spec_patched(url: &str, patch: Value) -> kubesync::crd::GitSyncSpec {
+    let mut spec = serde_json::json!({"url": url});
+    for (k, v) in patch["spec"].as_object().expect("spec").clone() {
+        spec[k] = v;
+    }
+    serde_json::from_value(spec).expect("a valid GitSync spec")
+}
+
 /// The fenced blocks of one section (`## 13.` up to the next `## `), with their language.
 fn section_blocks(doc: &str, heading: &str) -> Vec<(String, String)> {
     let start = doc
@@ -494,20 +512,7 @@ async fn section_13_snippets_match_in_both_languages_and_are_valid() {
         ns = ns.name,
         path = path.display()
     ));
-    let patch_of = |block: &str| -> Value {
-        let json = block
-            .split("-p '")
-            .nth(1)
-            .and_then(|r| r.split('\'').next());
-        serde_json::from_str(json.expect("a -p '…' patch")).expect("patch JSON")
-    };
-    let spec = |patch: Value| -> kubesync::crd::GitSyncSpec {
-        let mut spec = serde_json::json!({"url": "ssh://git@example.org/homelab.git"});
-        for (k, v) in patch["spec"].as_object().expect("spec").clone() {
-            spec[k] = v;
-        }
-        serde_json::from_value(spec).expect("a valid GitSync spec")
-    };
+    let spec = |patch| spec_patched("ssh://git@example.org/homelab.git", patch);
     let report = spec(patch_of(&en[3].1));
     assert_eq!(report.drift, kubesync::drift::DriftPolicy::Report);
     let rollback = spec(patch_of(&en[4].1));
@@ -577,24 +582,12 @@ fn section_16_notifications_match_in_both_languages_and_are_valid() {
     let ja = section_blocks(&read("docs/ja/tutorial-homelab.md"), "## 16.");
     assert_eq!(en, ja, "section 16's commands differ between en and ja");
     assert_eq!(en.len(), 3, "{en:?}");
-    let patch = |block: &str| -> Value {
-        let json = block
-            .split("-p '")
-            .nth(1)
-            .and_then(|r| r.split('\'').next());
-        serde_json::from_str(json.expect("a -p '…' patch")).expect("patch JSON")
-    };
-    let spec = |patch: Value| -> kubesync::crd::GitSyncSpec {
-        let mut spec = serde_json::json!({"url": "ssh://git@git.home.lan/hanako/homelab.git"});
-        for (k, v) in patch["spec"].as_object().expect("spec").clone() {
-            spec[k] = v;
-        }
-        let spec: kubesync::crd::GitSyncSpec =
-            serde_json::from_value(spec).expect("a GitSync spec");
+    let spec = |patch| {
+        let spec = spec_patched("ssh://git@git.home.lan/hanako/homelab.git", patch);
         assert!(spec.validate().is_ok());
         spec
     };
-    let discord = spec(patch(&en[0].1));
+    let discord = spec(patch_of(&en[0].1));
     let receivers = discord.notify.expect("spec.notify");
     assert_eq!(
         receivers[0].provider,
@@ -605,12 +598,12 @@ fn section_16_notifications_match_in_both_languages_and_are_valid() {
             .1
             .contains(&format!("secret generic {}", receivers[0].secret_ref.name))
     );
-    let ntfy = spec(patch(&en[1].1)).notify.expect("spec.notify");
+    let ntfy = spec(patch_of(&en[1].1)).notify.expect("spec.notify");
     assert_eq!(
         ntfy[0].events(),
         kubesync::notify::EventKind::DEFAULT.to_vec()
     );
-    let forge = spec(patch(&en[2].1));
+    let forge = spec(patch_of(&en[2].1));
     let status = forge.commit_status.expect("spec.commitStatus");
     let repo =
         kubesync::notify::forge::repository(&forge.url, status.forge, status.api_url.as_deref())
