@@ -175,11 +175,16 @@ fn check_shape(provider: &str, r: &Received, name: &str) -> String {
 }
 
 /// The six receivers, their Secrets, and the GitSync's spec.notify naming them.
-async fn receivers(ns: &TestNamespace, events: &[&str]) -> (Vec<(&'static str, Receiver)>, Value) {
+/// `events`: None for the default set. `answer`: how every receiver answers.
+async fn receivers(
+    ns: &TestNamespace,
+    events: Option<&[&str]>,
+    answer: Answer,
+) -> (Vec<(&'static str, Receiver)>, Value) {
     let mut list = vec![];
     let mut notify = vec![];
     for provider in ["generic", "slack", "discord", "matrix", "ntfy", "gotify"] {
-        let r = Receiver::start(Answer::Statuses(vec![]));
+        let r = Receiver::start(answer.clone());
         let data = match provider {
             "generic" => json!({"address": r.url("/hook"), "hmacKey": HMAC_KEY}),
             "slack" => json!({"address": r.url("/services/T0/B0/slack-path-secret")}),
@@ -191,7 +196,12 @@ async fn receivers(ns: &TestNamespace, events: &[&str]) -> (Vec<(&'static str, R
             _ => json!({"address": r.url(""), "token": "gotify-token-12"}),
         };
         secret(ns, &format!("to-{provider}"), data).await;
-        notify.push(json!({"provider": provider, "secretRef": {"name": format!("to-{provider}")}, "events": events}));
+        let mut receiver =
+            json!({"provider": provider, "secretRef": {"name": format!("to-{provider}")}});
+        if let Some(events) = events {
+            receiver["events"] = json!(events);
+        }
+        notify.push(receiver);
         list.push((provider, r));
     }
     (list, json!(notify))
@@ -260,7 +270,7 @@ async fn every_provider_is_told_each_event_in_its_documented_shape_and_never_a_s
     repo.write("apps/db.yaml", &db);
     let first = repo.commit_and_push("settings and db: the first commit");
     let daemon = GitDaemon::start(repo.root.path());
-    let (receivers, notify) = receivers(&ns, &ALL_EVENTS).await;
+    let (receivers, notify) = receivers(&ns, Some(&ALL_EVENTS), Answer::Statuses(vec![])).await;
     let controller = ControllerProcess::start(
         &ns.name,
         &["--status-page-url", "https://kubesync.home.lan/"],
@@ -360,20 +370,13 @@ async fn ten_failing_syncs_are_one_message_and_one_recovery_and_a_500_is_retried
     repo.write("apps/settings.yaml", &configmap("settings", "1"));
     let first = repo.commit_and_push("first");
     let daemon = GitDaemon::start(repo.root.path());
-    // The first request gets a 500; the retry gets through.
-    let receiver = Receiver::start(Answer::Statuses(vec![500]));
-    secret(
-        &ns,
-        "alerts",
-        json!({"address": receiver.url("/alerts"), "hmacKey": HMAC_KEY}),
-    )
-    .await;
+    // Every receiver answers its first request with a 500; the retry gets through.
+    let (receivers, notify) = receivers(&ns, None, Answer::Statuses(vec![500])).await;
     let controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,
         "apps",
-        json!({"url": daemon.url(), "path": "apps", "interval": "1h",
-               "notify": [{"provider": "generic", "secretRef": {"name": "alerts"}}]}),
+        json!({"url": daemon.url(), "path": "apps", "interval": "1h", "notify": notify}),
     )
     .await;
     wait_for_revision(&api, "apps", &first, Duration::from_secs(60)).await;
@@ -399,48 +402,44 @@ async fn ten_failing_syncs_are_one_message_and_one_recovery_and_a_500_is_retried
         .await;
     }
     patch_spec(&api, json!({"url": daemon.url()})).await;
-    let got = receiver.wait_for(3, Duration::from_secs(30));
+    for (_, r) in &receivers {
+        r.wait_for(3, Duration::from_secs(30));
+    }
     // Give a straggler the time to arrive before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let got_all = receiver.all();
-    assert_eq!(
-        got_all.len(),
-        3,
-        "{:?}",
-        got_all.iter().map(Received::text).collect::<Vec<_>>()
-    );
-    let events: Vec<String> = got
-        .iter()
-        .map(|r| r.json()["event"].as_str().unwrap_or("").to_string())
-        .collect();
-    assert_eq!(
-        events,
-        ["failed", "failed", "recovered"],
-        "the failure once (sent twice: a 500 first), then the recovery"
-    );
-    assert_eq!(got[0].body, got[1].body, "the retry is the same message");
-    assert_eq!(receiver.answered(), 3);
-    assert!(
-        got[1].at.duration_since(got[0].at) >= Duration::from_millis(900),
-        "retried after a backoff"
-    );
-    let metric = |m: &str| controller.metric(m);
-    assert_eq!(
-        metric(
-            "kubesync_notifications_total{provider=\"generic\",event=\"failed\",result=\"sent\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            "kubesync_notifications_total{provider=\"generic\",event=\"recovered\",result=\"sent\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric("kubesync_notification_retries_total{receiver=\"generic\"}"),
-        1.0
-    );
+    for (provider, r) in &receivers {
+        let got = r.all();
+        let events: Vec<String> = got
+            .iter()
+            .map(|g| check_shape(provider, g, "apps"))
+            .collect();
+        assert_eq!(
+            events,
+            ["failed", "failed", "recovered"],
+            "{provider}: the failure once (sent twice: a 500 first), then the recovery"
+        );
+        assert_eq!(
+            got[0].body, got[1].body,
+            "{provider}: the retry is the same message"
+        );
+        assert!(
+            got[1].at.duration_since(got[0].at) >= Duration::from_millis(900),
+            "{provider}: retried after a backoff"
+        );
+        assert_eq!(r.answered(), 3);
+        let metric = |event: &str| {
+            controller.metric(&format!(
+                "kubesync_notifications_total{{provider=\"{provider}\",event=\"{event}\",result=\"sent\"}}"
+            ))
+        };
+        assert_eq!(
+            (metric("failed"), metric("recovered")),
+            (1.0, 1.0),
+            "{provider}"
+        );
+        let retries = format!("kubesync_notification_retries_total{{receiver=\"{provider}\"}}");
+        assert_eq!(controller.metric(&retries), 1.0, "{provider}");
+    }
 }
 
 #[tokio::test]
@@ -451,17 +450,17 @@ async fn a_receiver_that_hangs_delays_no_sync_and_no_other_receiver() {
     repo.write("apps/settings.yaml", &configmap("settings", "0"));
     let mut revision = repo.commit_and_push("0");
     let daemon = GitDaemon::start(repo.root.path());
-    let hanging = Receiver::start(Answer::Hang);
+    // One hanging receiver per provider, and one that answers.
+    let (hanging, mut notify) = receivers(&ns, Some(&["applied"]), Answer::Hang).await;
     let prompt = Receiver::start(Answer::Statuses(vec![]));
-    secret(&ns, "hangs", json!({"address": hanging.url("/hook")})).await;
     secret(&ns, "prompt", json!({"address": prompt.url("/topic")})).await;
+    (notify.as_array_mut().expect("list"))
+        .push(json!({"provider": "ntfy", "secretRef": {"name": "prompt"}, "events": ["applied"]}));
     let _controller = ControllerProcess::start(&ns.name, &[]);
     let api = create_gitsync(
         &ns,
         "apps",
-        json!({"url": daemon.url(), "path": "apps", "interval": "1s",
-               "notify": [{"provider": "generic", "secretRef": {"name": "hangs"}, "events": ["applied"]},
-                          {"provider": "ntfy", "secretRef": {"name": "prompt"}, "events": ["applied"]}]}),
+        json!({"url": daemon.url(), "path": "apps", "interval": "1s", "notify": notify}),
     )
     .await;
     wait_for_revision(&api, "apps", &revision, Duration::from_secs(60)).await;
@@ -477,11 +476,13 @@ async fn a_receiver_that_hangs_delays_no_sync_and_no_other_receiver() {
         let got = prompt.wait_for(n + 1, Duration::from_secs(5));
         assert!(got.last().is_some_and(|r| r.text().contains("applied")));
     }
-    assert_eq!(
-        hanging.all().len(),
-        1,
-        "the hanging receiver holds its first message (10 s timeout)"
-    );
+    for (provider, r) in &hanging {
+        assert_eq!(
+            r.all().len(),
+            1,
+            "{provider} holds its first message (10 s timeout)"
+        );
+    }
     let history = api
         .get("apps")
         .await
