@@ -109,13 +109,20 @@ pub fn endpoint(url: &str) -> String {
     }
 }
 
-/// An HTTP request, ready to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An HTTP request, ready to send. Its Debug form shows the method and host only: the URL's path,
+/// the headers and the body may hold a receiver's secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: &'static str,
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, endpoint(&self.url))
+    }
 }
 
 impl Request {
@@ -509,6 +516,8 @@ mod tests {
     fn debug_and_endpoint_hide_paths_and_credentials() {
         let t = target(Provider::Discord);
         assert_eq!(format!("{t:?}"), "discord at https://hooks.example");
+        let r = request(&target(Provider::Gotify), &sample(), 1).unwrap();
+        assert_eq!(format!("{r:?}"), "POST https://hooks.example");
         assert_eq!(
             endpoint("https://user:pw@ntfy.home:8443/topic?x"),
             "https://ntfy.home:8443"
