@@ -214,14 +214,14 @@ async fn tell(
     event: EventKind,
     message: String,
 ) {
-    let Some(deliverer) = &ctx.notifier.deliverer else {
-        return;
-    };
     let key = key_of(sync);
     let targets = targets(ctx, sync, event).await;
     if targets.is_empty() {
         return;
     }
+    let Some(deliverer) = ctx.notifier.deliverer() else {
+        return;
+    };
     let s = &report.summary;
     let notification = Notification {
         namespace: sync.namespace().unwrap_or_default(),
@@ -367,7 +367,7 @@ impl StatusPoster {
 /// problem is a warning: commit statuses never fail a sync).
 pub async fn status_poster(ctx: &Context, sync: &GitSync) -> Option<StatusPoster> {
     let spec = sync.spec.commit_status.as_ref()?;
-    let deliverer = ctx.notifier.deliverer.clone()?;
+    let deliverer = ctx.notifier.deliverer()?;
     let key = key_of(sync);
     let repo = match forge::repository(&sync.spec.url, spec.forge, spec.api_url.as_deref()) {
         Ok(repo) => repo,

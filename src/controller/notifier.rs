@@ -2,7 +2,7 @@
 //! GitSync (deduplication) and the commit status last posted, and the delivery queues.
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -70,7 +70,9 @@ impl std::str::FromStr for DefaultReceiver {
 
 /// What this process remembers to tell: the open problem per GitSync, the last commit status.
 pub struct Notifier {
-    pub(super) deliverer: Option<Arc<Deliverer>>,
+    /// Made at the first message: a controller that tells nobody loads no CA certificates.
+    deliverer: OnceLock<Option<Arc<Deliverer>>>,
+    metrics: Arc<Metrics>,
     dedup: Mutex<HashMap<String, Dedup>>,
     /// (revision, state) last posted per GitSync.
     pub(super) statuses: Arc<Mutex<HashMap<String, (String, State)>>>,
@@ -79,19 +81,30 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(metrics: Arc<Metrics>) -> Notifier {
-        let deliverer = match HttpClient::new(Duration::from_secs(10)) {
-            Ok(client) => Some(Arc::new(Deliverer::new(client, metrics, Policy::default()))),
-            Err(e) => {
-                warn!("notifications and commit statuses are off: {e}");
-                None
-            }
-        };
         Notifier {
-            deliverer,
+            deliverer: OnceLock::new(),
+            metrics,
             dedup: Mutex::new(HashMap::new()),
             statuses: Arc::new(Mutex::new(HashMap::new())),
             sequence: AtomicU64::new(0),
         }
+    }
+
+    /// The delivery queues; None when no HTTPS client can be made (no CA certificates).
+    pub(super) fn deliverer(&self) -> Option<Arc<Deliverer>> {
+        let made = self
+            .deliverer
+            .get_or_init(|| match HttpClient::new(Duration::from_secs(10)) {
+                Ok(client) => {
+                    let metrics = self.metrics.clone();
+                    Some(Arc::new(Deliverer::new(client, metrics, Policy::default())))
+                }
+                Err(e) => {
+                    warn!("notifications and commit statuses are off: {e}");
+                    None
+                }
+            });
+        made.clone()
     }
 
     pub(super) fn decide(&self, key: &str, outcome: Outcome, reminder: Duration) -> Decision {
