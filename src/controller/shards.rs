@@ -48,6 +48,9 @@ struct ShardState {
     running: HashMap<u32, usize>,
     /// Identities of the replicas whose member Lease is live (this one included).
     live: BTreeSet<String>,
+    /// `namespace/name=label` of GitSyncs already warned about an invalid shard label (once
+    /// each, not at every reconcile).
+    warned: BTreeSet<String>,
 }
 
 /// A sync of a GitSync whose shard this replica holds; the shard is not handed over while any
@@ -95,8 +98,11 @@ impl Shards {
         let pinned = sync.labels().get(SHARD_LABEL).map(String::as_str);
         let (namespace, name) = (sync.namespace().unwrap_or_default(), sync.name_any());
         if invalid_pin(pinned, count) {
-            warn!(sync = %format!("{namespace}/{name}"), label = SHARD_LABEL, ?pinned,
-                "the shard label names no shard below --shards; the GitSync's hash decides");
+            let seen = format!("{namespace}/{name}={}", pinned.unwrap_or_default());
+            if self.state().warned.insert(seen) {
+                warn!(sync = %format!("{namespace}/{name}"), label = SHARD_LABEL, ?pinned,
+                    "the shard label names no shard below --shards; the GitSync's hash decides");
+            }
         }
         Some(shard_of(&namespace, &name, pinned, count))
     }
