@@ -240,6 +240,15 @@ impl Context {
         keys
     }
 
+    /// Whether this process holds any state for `key` (without listing every key).
+    pub fn knows(&self, key: &str) -> bool {
+        let memory = self.memory();
+        memory.started.contains(key)
+            || memory.finished.contains_key(key)
+            || memory.failures.contains_key(key)
+            || memory.rechecks.contains_key(key)
+    }
+
     /// Drops everything kept for a deleted GitSync: its entries here and its metric series.
     pub fn forget(&self, key: &str) {
         {

@@ -119,7 +119,7 @@ async fn reconcile_if_ours(
 ) -> Result<Action, ControllerError> {
     let Some(turn) = ctx.shards.begin(&sync) else {
         let key = key_of(&sync);
-        if ctx.known_keys().contains(&key) {
+        if ctx.knows(&key) {
             ctx.forget(&key);
         }
         return Ok(Action::await_change());
