@@ -104,15 +104,6 @@ pub struct HelmOptions {
     pub cache_dir: PathBuf,
 }
 
-impl HelmOptions {
-    /// A fresh scratch directory under the cache, for a post-render.
-    pub fn scratch_path(&self, what: &str) -> PathBuf {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (self.cache_dir).join(format!("{what}-{}-{n}", std::process::id()))
-    }
-}
-
 /// The target cluster as `.Capabilities` shows it.
 #[derive(Clone, Debug, Default)]
 pub struct Capabilities {
@@ -166,6 +157,13 @@ pub enum HelmError {
 }
 
 impl HelmOptions {
+    /// A fresh scratch directory under the cache, for a post-render.
+    pub fn scratch_path(&self, what: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.cache_dir).join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
     fn origin(&self) -> String {
         match &self.source {
             ChartSource::Path(path) => format!("helm chart {path}"),
