@@ -88,7 +88,7 @@ pub async fn sync_checkout(
     if let Err(e) = run(clients, checkout, options, &mut report).await {
         report.fail(e);
     }
-    if !report.succeeded() && report.prune_blocked.is_none() {
+    if !report.succeeded() && report.prune_blocked.is_none() && !report.prune_started {
         report.prune_blocked = Some(PruneBlocked::Failure);
     }
     if !options.prune.enabled && report.prune_blocked.is_none() {

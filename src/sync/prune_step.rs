@@ -50,6 +50,7 @@ pub async fn prune_and_close(
         report.prune_blocked = Some(blocked);
         return Ok(());
     }
+    report.prune_started = !leftovers.is_empty();
     let pruned =
         crate::prune::prune(&clients.apply, leftovers, &options.prune, &options.apply).await;
     report.record_pruned(&pruned, &set.inventory);

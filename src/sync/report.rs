@@ -37,6 +37,10 @@ pub struct SyncReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     pub prune_blocked: Option<PruneBlocked>,
+    /// Deletes were sent: every step before prune succeeded. A failure after this point (a
+    /// delete, or narrowing the parent) does not make the prune "blocked": it ran, in part.
+    #[serde(skip)]
+    pub prune_started: bool,
     /// Fields left to other controllers (autoscalers, `kubesync.dev/ignore-fields`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<crate::release::Released>,
