@@ -42,6 +42,9 @@ pub async fn run_sync(
     if at.is_none()
         && let Some(poster) = super::notifications::status_poster(ctx, sync).await
     {
+        // Kept for the sync's result: the token's Secret is read once per sync.
+        ctx.notifier
+            .keep_poster(&super::context::key_of(sync), poster.clone());
         let pending = move |revision: &str| poster.post(revision, State::Pending, "syncing");
         options.on_revision = Some(RevisionHook(std::sync::Arc::new(pending)));
     }

@@ -1,9 +1,8 @@
 //! What the controller tells people after a sync: notifications to the receivers a GitSync
 //! names (or the controller's defaults), deduplicated, and the commit's status on the forge.
 //! Nothing here waits for a receiver: messages are queued for `notify::deliver`.
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -11,11 +10,11 @@ use tracing::warn;
 
 use super::context::{Context, key_of};
 use super::credentials::SecretData;
-use super::notifier::status_is_new;
+use super::notifier::StatusPoster;
 use crate::crd::GitSync;
 use crate::health::Health;
 use crate::notify::dedup::{Decision, Outcome};
-use crate::notify::deliver::{Deliverer, DeliveryKind, Job};
+use crate::notify::deliver::{DeliveryKind, Job};
 use crate::notify::forge::{self, State};
 use crate::notify::payload::{self, Provider, Target, endpoint};
 use crate::notify::{Counts, EventKind, Notification};
@@ -95,10 +94,10 @@ pub async fn after_health_read(ctx: &Context, sync: &GitSync, failed: &[String])
         .notifier
         .decide(&key, outcome, ctx.config.notify.reminder)
     {
-        Decision::Tell(event) => tell(ctx, sync, &report, event, message).await,
+        Decision::Tell(event) => tell(ctx, sync, &report, vec![(event, message)]).await,
         Decision::Recovered => {
             let message = "every object is healthy again".to_string();
-            tell(ctx, sync, &report, EventKind::Recovered, message).await
+            tell(ctx, sync, &report, vec![(EventKind::Recovered, message)]).await
         }
         Decision::Quiet => {}
     }
@@ -136,9 +135,7 @@ pub async fn after_sync(ctx: &Context, sync: &GitSync, report: &SyncReport, quie
             format!("put back as Git says: {objects}"),
         ));
     }
-    for (event, message) in events {
-        tell(ctx, sync, report, event, message).await;
-    }
+    tell(ctx, sync, report, events).await;
 }
 
 /// After a repair between syncs: objects changed in the cluster were put back.
@@ -149,7 +146,13 @@ pub async fn after_repair(ctx: &Context, sync: &GitSync, report: &SyncReport) {
             "changed in the cluster, put back as Git says: {}",
             corrected(report)
         );
-        tell(ctx, sync, report, EventKind::DriftCorrected, message).await;
+        tell(
+            ctx,
+            sync,
+            report,
+            vec![(EventKind::DriftCorrected, message)],
+        )
+        .await;
     }
 }
 
@@ -176,7 +179,7 @@ pub async fn after_rollback(
         .notifier
         .decide(&key, outcome, ctx.config.notify.reminder)
     {
-        tell(ctx, sync, bad, event, text).await;
+        tell(ctx, sync, bad, vec![(event, text)]).await;
     }
 }
 
@@ -206,24 +209,62 @@ fn corrected(report: &SyncReport) -> String {
     text
 }
 
-/// Queues `event` for every receiver of the GitSync that asked for it.
+/// Queues each event for every receiver of the GitSync that asked for it (their Secrets are
+/// read once for all of them).
 async fn tell(
     ctx: &Context,
     sync: &GitSync,
     report: &SyncReport,
-    event: EventKind,
-    message: String,
+    events: Vec<(EventKind, String)>,
 ) {
-    let key = key_of(sync);
-    let targets = targets(ctx, sync, event).await;
+    let wanted: Vec<EventKind> = events.iter().map(|(e, _)| *e).collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let targets = targets(ctx, sync, &wanted).await;
     if targets.is_empty() {
         return;
     }
     let Some(deliverer) = ctx.notifier.deliverer() else {
         return;
     };
+    let key = key_of(sync);
+    for (event, message) in events {
+        let notification = notification(ctx, sync, report, event, message);
+        for target in targets.iter().filter(|t| t.wants(event)) {
+            let sequence = ctx.notifier.sequence.fetch_add(1, Ordering::Relaxed);
+            let request = match payload::request(target, &notification, sequence) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(sync = %key, receiver = ?target, "notification not sent: {e}");
+                    continue;
+                }
+            };
+            let kind = DeliveryKind::Notification {
+                provider: target.provider.as_str(),
+                event: event.as_str(),
+            };
+            let job = Job {
+                sync: key.clone(),
+                endpoint: endpoint(&target.address),
+                kind,
+                request,
+            };
+            deliverer.send(&target.queue_key(), job);
+        }
+    }
+}
+
+/// What a receiver is told about `event`, from the sync's report.
+fn notification(
+    ctx: &Context,
+    sync: &GitSync,
+    report: &SyncReport,
+    event: EventKind,
+    message: String,
+) -> Notification {
     let s = &report.summary;
-    let notification = Notification {
+    Notification {
         namespace: sync.namespace().unwrap_or_default(),
         name: sync.name_any(),
         event,
@@ -238,33 +279,12 @@ async fn tell(
         commit: report.commit.clone(),
         url: ctx.config.notify.status_page_url.clone(),
         time: Timestamp::now().to_string(),
-    };
-    for target in targets {
-        let sequence = ctx.notifier.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = match payload::request(&target, &notification, sequence) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(sync = %key, receiver = ?target, "notification not sent: {e}");
-                continue;
-            }
-        };
-        let kind = DeliveryKind::Notification {
-            provider: target.provider.as_str(),
-            event: event.as_str(),
-        };
-        let job = Job {
-            sync: key.clone(),
-            endpoint: endpoint(&target.address),
-            kind,
-            request,
-        };
-        deliverer.send(&target.queue_key(), job);
     }
 }
 
-/// The receivers of the GitSync (or the defaults) that want `event`, read from their Secrets.
-/// A Secret that cannot be read is a warning: notifications never fail a sync.
-async fn targets(ctx: &Context, sync: &GitSync, event: EventKind) -> Vec<Target> {
+/// The receivers of the GitSync (or the defaults) that want any of `events`, read from their
+/// Secrets. A Secret that cannot be read is a warning: notifications never fail a sync.
+async fn targets(ctx: &Context, sync: &GitSync, events: &[EventKind]) -> Vec<Target> {
     let namespace = sync.namespace().unwrap_or_default();
     let wanted: Vec<(Provider, String, String, Vec<EventKind>)> = match &sync.spec.notify {
         Some(list) => (list.iter())
@@ -289,8 +309,8 @@ async fn targets(ctx: &Context, sync: &GitSync, event: EventKind) -> Vec<Target>
             .collect(),
     };
     let mut targets = vec![];
-    for (provider, secret_namespace, secret, events) in wanted {
-        if !events.contains(&event) {
+    for (provider, secret_namespace, secret, wants) in wanted {
+        if !events.iter().any(|e| wants.contains(e)) {
             continue;
         }
         let read = async {
@@ -301,7 +321,7 @@ async fn targets(ctx: &Context, sync: &GitSync, event: EventKind) -> Vec<Target>
                 token: data.text("token")?.map(|t| t.trim().to_string()),
                 channel: data.text("channel")?.map(|t| t.trim().to_string()),
                 hmac_key: data.text("hmacKey")?,
-                events: events.clone(),
+                events: wants.clone(),
             })
         };
         match read.await {
@@ -314,58 +334,9 @@ async fn targets(ctx: &Context, sync: &GitSync, event: EventKind) -> Vec<Target>
     targets
 }
 
-/// What posts a GitSync's commit statuses: its forge, repository and token, read before the
-/// sync so that the revision found by the fetch can be marked pending without waiting.
-pub struct StatusPoster {
-    deliverer: Arc<Deliverer>,
-    statuses: Arc<Mutex<HashMap<String, (String, State)>>>,
-    repo: forge::Repository,
-    token: String,
-    context: String,
-    link: Option<String>,
-    key: String,
-}
-
-impl StatusPoster {
-    /// Queues `state` for `revision` unless it is what was posted last.
-    pub fn post(&self, revision: &str, state: State, description: &str) {
-        if revision.starts_with("sha256:")
-            || !status_is_new(&self.statuses, &self.key, revision, state)
-        {
-            return;
-        }
-        let request = forge::status_request(
-            &self.repo,
-            &self.token,
-            revision,
-            state,
-            &self.context,
-            description,
-            self.link.as_deref(),
-        );
-        let kind = DeliveryKind::CommitStatus {
-            forge: self.repo.forge.as_str(),
-            state: state.as_str(),
-        };
-        let job = Job {
-            sync: self.key.clone(),
-            endpoint: endpoint(&self.repo.api),
-            kind,
-            request,
-        };
-        // One queue per GitSync: several GitSyncs of one repository each post two statuses per
-        // commit, and must not eat one another's rate.
-        let queue = format!(
-            "forge\u{0}{}\u{0}{}\u{0}{}",
-            self.repo.api, self.repo.path, self.key
-        );
-        self.deliverer.send(&queue, job);
-    }
-}
-
 /// The GitSync's commit-status poster, when it asks for one and its Secret can be read (a
 /// problem is a warning: commit statuses never fail a sync).
-pub async fn status_poster(ctx: &Context, sync: &GitSync) -> Option<StatusPoster> {
+pub async fn status_poster(ctx: &Context, sync: &GitSync) -> Option<Arc<StatusPoster>> {
     let spec = sync.spec.commit_status.as_ref()?;
     let deliverer = ctx.notifier.deliverer()?;
     let key = key_of(sync);
@@ -396,7 +367,7 @@ pub async fn status_poster(ctx: &Context, sync: &GitSync) -> Option<StatusPoster
     };
     let context = (spec.context.clone())
         .unwrap_or_else(|| format!("kubesync/{namespace}/{}", sync.name_any()));
-    Some(StatusPoster {
+    Some(Arc::new(StatusPoster {
         deliverer,
         statuses: Arc::clone(&ctx.notifier.statuses),
         repo,
@@ -404,7 +375,7 @@ pub async fn status_poster(ctx: &Context, sync: &GitSync) -> Option<StatusPoster
         context,
         link: ctx.config.notify.status_page_url.clone(),
         key,
-    })
+    }))
 }
 
 /// Success or failure of the revision `report` synced; `failure`: what to say instead of the
@@ -433,7 +404,12 @@ async fn post_result(ctx: &Context, sync: &GitSync, report: &SyncReport, failure
         }
         (false, None) => (State::Failure, outcome_of(report).1),
     };
-    if let Some(poster) = status_poster(ctx, sync).await {
+    // The poster the sync was given (its Secret read once per sync), else a new one.
+    let poster = match ctx.notifier.take_poster(&key_of(sync)) {
+        Some(poster) => Some(poster),
+        None => status_poster(ctx, sync).await,
+    };
+    if let Some(poster) = poster {
         poster.post(revision, state, &description);
     }
 }

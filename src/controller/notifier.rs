@@ -11,9 +11,10 @@ use crate::metrics::Metrics;
 use crate::notify::EventKind;
 use crate::notify::client::HttpClient;
 use crate::notify::dedup::{Decision, Dedup, Outcome};
-use crate::notify::deliver::{Deliverer, Policy};
-use crate::notify::forge::State;
+use crate::notify::deliver::{Deliverer, DeliveryKind, Job, Policy};
+use crate::notify::forge::{self, State};
 use crate::notify::payload::Provider;
+use crate::notify::payload::endpoint;
 
 /// The controller's notification settings.
 #[derive(Clone, Debug, Default)]
@@ -77,6 +78,8 @@ pub struct Notifier {
     /// (revision, state) last posted per GitSync.
     pub(super) statuses: Arc<Mutex<HashMap<String, (String, State)>>>,
     pub(super) sequence: AtomicU64,
+    /// The commit-status poster of the sync running, for its result.
+    posters: Mutex<HashMap<String, Arc<StatusPoster>>>,
 }
 
 impl Notifier {
@@ -87,6 +90,7 @@ impl Notifier {
             dedup: Mutex::new(HashMap::new()),
             statuses: Arc::new(Mutex::new(HashMap::new())),
             sequence: AtomicU64::new(0),
+            posters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,15 +122,76 @@ impl Notifier {
         dedup.get(key).and_then(Dedup::open_event)
     }
 
+    /// Keeps the poster a sync was given, for the sync's result.
+    pub(super) fn keep_poster(&self, key: &str, poster: Arc<StatusPoster>) {
+        let mut posters = self.posters.lock().unwrap_or_else(|p| p.into_inner());
+        posters.insert(key.into(), poster);
+    }
+
+    pub(super) fn take_poster(&self, key: &str) -> Option<Arc<StatusPoster>> {
+        let mut posters = self.posters.lock().unwrap_or_else(|p| p.into_inner());
+        posters.remove(key)
+    }
+
     /// Forgets a deleted GitSync.
     pub fn forget(&self, key: &str) {
         (self.dedup.lock().unwrap_or_else(|p| p.into_inner())).remove(key);
         (self.statuses.lock().unwrap_or_else(|p| p.into_inner())).remove(key);
+        (self.posters.lock().unwrap_or_else(|p| p.into_inner())).remove(key);
+    }
+}
+
+/// What posts a GitSync's commit statuses: its forge, repository and token, read before the
+/// sync so that the revision found by the fetch can be marked pending without waiting.
+pub struct StatusPoster {
+    pub(super) deliverer: Arc<Deliverer>,
+    pub(super) statuses: Arc<Mutex<HashMap<String, (String, State)>>>,
+    pub(super) repo: forge::Repository,
+    pub(super) token: String,
+    pub(super) context: String,
+    pub(super) link: Option<String>,
+    pub(super) key: String,
+}
+
+impl StatusPoster {
+    /// Queues `state` for `revision` unless it is what was posted last.
+    pub fn post(&self, revision: &str, state: State, description: &str) {
+        if revision.starts_with("sha256:")
+            || !status_is_new(&self.statuses, &self.key, revision, state)
+        {
+            return;
+        }
+        let request = forge::status_request(
+            &self.repo,
+            &self.token,
+            revision,
+            state,
+            &self.context,
+            description,
+            self.link.as_deref(),
+        );
+        let kind = DeliveryKind::CommitStatus {
+            forge: self.repo.forge.as_str(),
+            state: state.as_str(),
+        };
+        let job = Job {
+            sync: self.key.clone(),
+            endpoint: endpoint(&self.repo.api),
+            kind,
+            request,
+        };
+        // One queue per GitSync: several GitSyncs of one repository each post two statuses per
+        // commit, and must not eat one another's rate.
+        let queue = format!(
+            "forge\u{0}{}\u{0}{}\u{0}{}",
+            self.repo.api, self.repo.path, self.key
+        );
+        self.deliverer.send(&queue, job);
     }
 }
 
 /// Whether `state` on `revision` is news (and notes it as posted).
-pub(super) fn status_is_new(
+fn status_is_new(
     statuses: &Mutex<HashMap<String, (String, State)>>,
     key: &str,
     revision: &str,
