@@ -67,11 +67,6 @@ impl Dedup {
         }
     }
 
-    /// Whether a problem is open (the last outcome told was not Fine).
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
-
     /// The event of the open problem.
     pub fn open_event(&self) -> Option<EventKind> {
         self.open.as_ref().map(|o| o.event)
@@ -165,7 +160,7 @@ mod tests {
             d.decide(failed("x"), t0 + hour * 100, Duration::ZERO),
             Decision::Quiet
         );
-        assert!(d.is_open());
+        assert_eq!(d.open_event(), Some(EventKind::Failed));
     }
 
     #[test]
@@ -175,6 +170,6 @@ mod tests {
             d.decide(Outcome::Fine, Instant::now(), Duration::from_secs(1)),
             Decision::Quiet
         );
-        assert!(!d.is_open());
+        assert_eq!(d.open_event(), None);
     }
 }
